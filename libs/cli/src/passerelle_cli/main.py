@@ -1,0 +1,17 @@
+"""The `passerelle` command: one CLI for people and operators."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="passerelle",
+    help="passerelle: move your network from X to Bluesky and Mastodon.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """passerelle's command line."""
