@@ -1,0 +1,3 @@
+"""Bluesky sender: linked accounts, rate budgets and the follow ledger."""
+
+__version__ = "0.1.0"

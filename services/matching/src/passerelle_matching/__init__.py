@@ -1,0 +1,3 @@
+"""Matching: the follow graph, the directory and the matches."""
+
+__version__ = "0.1.0"

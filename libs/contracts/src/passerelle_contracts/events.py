@@ -1,0 +1,178 @@
+"""Events: the facts services publish on JetStream, one class per subject."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from passerelle_contracts.base import X_ID_PATTERN, Event, Network, XId, stable_id
+
+PersonId = str
+"""An opaque id for a person of this node, issued by ``ingest`` at first sign-in."""
+
+Direction = Literal["following", "follower"]
+"""``following``: the person followed the target on X; ``follower``: the target followed them."""
+
+
+class ArchiveImported(Event):
+    """A person's X archive was parsed; its edges wait in the Object Store.
+
+    The payload at ``bucket``/``object_name`` is the edge list in the format named
+    by ``payload_format`` (see ``passerelle_xarchive``); it never holds anything
+    but X ids.
+    """
+
+    subject: ClassVar[str] = "archive.imported"
+    type: Literal["archive.imported"] = "archive.imported"
+
+    person_id: PersonId
+    import_id: str
+    x_account_id: XId = Field(pattern=X_ID_PATTERN)
+    x_username: str = Field(max_length=64)
+    following_count: int = Field(ge=0)
+    followers_count: int = Field(ge=0)
+    bucket: str
+    object_name: str
+    payload_format: Literal["edges-u64le-v1"] = "edges-u64le-v1"
+    payload_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    def dedupe_id(self) -> str:
+        return f"archive:{self.import_id}"
+
+
+class ConsentChanged(Event):
+    """A person's consents, per purpose, after a change (the whole set, not a delta)."""
+
+    subject: ClassVar[str] = "consent.changed"
+    type: Literal["consent.changed"] = "consent.changed"
+
+    person_id: PersonId
+    matching: bool = False
+    """Appear in other people's results."""
+    auto_follow: bool = False
+    """Let passerelle follow one's matches without picking them one by one."""
+    notifications: bool = False
+    revision: int = Field(ge=0)
+    """Increases with each change, so a late redelivery never undoes a newer choice."""
+
+    def dedupe_id(self) -> str:
+        return f"consent:{self.person_id}:{self.revision}"
+
+
+class IdentityLinked(Event):
+    """A person proved they own an account on a network (checked against the real server)."""
+
+    subject: ClassVar[str] = "identity.linked"
+    type: Literal["identity.linked"] = "identity.linked"
+
+    person_id: PersonId
+    network: Network
+    account: str = Field(min_length=3, max_length=512)
+    """The Bluesky DID (``did:plc:…``) or the full Mastodon acct (``user@instance``)."""
+    handle: str = Field(min_length=1, max_length=512)
+    """What people recognise: the Bluesky handle, or the Mastodon acct again."""
+
+    def dedupe_id(self) -> str:
+        return f"linked:{self.person_id}:{self.network}:{self.account}"
+
+
+class IdentityUnlinked(Event):
+    """A link ended: the person unlinked it, or its credential stopped working."""
+
+    subject: ClassVar[str] = "identity.unlinked"
+    type: Literal["identity.unlinked"] = "identity.unlinked"
+
+    person_id: PersonId
+    network: Network
+    account: str
+    reason: Literal["unlinked", "credential_revoked"]
+
+    def dedupe_id(self) -> str:
+        return stable_id("unlinked", self.person_id, self.network, self.account, self.reason)
+
+
+def follow_id(person_id: PersonId, network: Network, target: str) -> str:
+    """The deterministic id of one follow: the same (person, network, target) is one follow."""
+    return stable_id("follow", person_id, network, target)
+
+
+class FollowRequested(Event):
+    """Follow ``target`` on behalf of ``person_id``; subclasses fix the network and subject."""
+
+    subject: ClassVar[str] = ""
+    network: Network
+
+    follow_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    person_id: PersonId
+    actor: str
+    """The person's own account on the network (DID or acct), who follows."""
+    target: str
+    """The account to follow (DID or acct)."""
+    target_x_id: XId = Field(pattern=X_ID_PATTERN)
+    directions: tuple[Direction, ...] = Field(min_length=1, max_length=2)
+
+    def dedupe_id(self) -> str:
+        return f"follow:{self.follow_id}"
+
+
+class BlueskyFollowRequested(FollowRequested):
+    """A follow to create on Bluesky."""
+
+    subject: ClassVar[str] = "follow.requested.bluesky"
+    type: Literal["follow.requested.bluesky"] = "follow.requested.bluesky"
+    network: Literal["bluesky"] = "bluesky"
+
+
+class MastodonFollowRequested(FollowRequested):
+    """A follow to make on Mastodon."""
+
+    subject: ClassVar[str] = "follow.requested.mastodon"
+    type: Literal["follow.requested.mastodon"] = "follow.requested.mastodon"
+    network: Literal["mastodon"] = "mastodon"
+
+
+FollowOutcome = Literal["followed", "already_following", "failed"]
+
+
+class FollowResult(Event):
+    """What became of one :class:`FollowRequested`."""
+
+    subject: ClassVar[str] = "follow.result"
+    type: Literal["follow.result"] = "follow.result"
+
+    follow_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    person_id: PersonId
+    network: Network
+    target: str
+    outcome: FollowOutcome
+    reason: str | None = Field(default=None, max_length=200)
+    """For failures: a short machine reason (``target_not_found``, ``follow_cap`` …)."""
+
+    def dedupe_id(self) -> str:
+        return f"result:{self.follow_id}:{self.outcome}"
+
+
+class UserErased(Event):
+    """A person asked to be forgotten: every service deletes everything about them."""
+
+    subject: ClassVar[str] = "user.erased"
+    type: Literal["user.erased"] = "user.erased"
+
+    person_id: PersonId
+    x_account_id: XId | None = Field(default=None, pattern=X_ID_PATTERN)
+
+    def dedupe_id(self) -> str:
+        return f"erased:{self.person_id}"
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    ArchiveImported,
+    ConsentChanged,
+    IdentityLinked,
+    IdentityUnlinked,
+    BlueskyFollowRequested,
+    MastodonFollowRequested,
+    FollowResult,
+    UserErased,
+)

@@ -1,0 +1,225 @@
+"""The NATS broker: FastStream + JetStream, wired the same way in every service.
+
+- Streams declared in :mod:`passerelle_contracts.streams` are created or updated
+  idempotently when the connection comes up (subscribers never declare them).
+- Durable pull consumers with explicit acks come from the contracts too.
+- A message that exhausts its deliveries is copied to the dead-letter stream.
+- Events are published with their ``Nats-Msg-Id`` so a replay is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from opentelemetry.sdk.trace import TracerProvider
+from passerelle_contracts import Event, Stream
+from passerelle_contracts.streams import STREAMS, Consumer, dead_letter_subject
+
+from passerelle_platform.logging import get_logger
+from passerelle_platform.metrics import ServiceMetrics
+
+log = get_logger(__name__)
+
+_RETENTION = {
+    "limits": RetentionPolicy.LIMITS,
+    "workqueue": RetentionPolicy.WORK_QUEUE,
+    "interest": RetentionPolicy.INTEREST,
+}
+
+
+def make_broker(
+    url: str,
+    service: str,
+    tracer_provider: TracerProvider,
+    metrics: ServiceMetrics,
+) -> NatsBroker:
+    """A broker that reconnects forever and traces and counts every message."""
+
+    async def on_disconnect() -> None:
+        metrics.nats_connected.set(0)
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        metrics.nats_connected.set(1)
+        log.info("nats reconnected")
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=type(error).__name__)
+
+    return NatsBroker(
+        url,
+        name=f"passerelle-{service}",
+        # -1: never give up (a finite count ends in a busy loop, see notes).
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        middlewares=[
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider),
+            NatsPrometheusMiddleware(registry=metrics.registry, app_name=service),
+        ],
+        logger=None,
+    )
+
+
+def stream_config(stream: Stream) -> StreamConfig:
+    """The nats-py configuration for a declared stream."""
+    return StreamConfig(
+        name=stream.name,
+        description=stream.description,
+        subjects=list(stream.subjects),
+        retention=_RETENTION[stream.retention],
+        max_age=float(stream.max_age_seconds),
+        max_bytes=stream.max_bytes,
+        max_msg_size=stream.max_msg_size,
+        storage=StorageType.FILE,
+        num_replicas=stream.replicas,
+        duplicate_window=float(stream.duplicate_window_seconds),
+    )
+
+
+async def ensure_streams(broker: NatsBroker, streams: tuple[Stream, ...] = STREAMS) -> None:
+    """Create missing streams and bring existing ones to the declared configuration."""
+    js = broker.connection.jetstream()
+    for stream in streams:
+        config = stream_config(stream)
+        try:
+            await js.stream_info(stream.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Another service created it between our check and add: update instead.
+                await js.update_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+def jetstream_subscriber(router: NatsRouter, consumer: Consumer) -> Any:
+    """The FastStream subscriber decorator for a declared durable pull consumer.
+
+    A handler that raises is nacked and redelivered (``NackMessage(delay=…)`` to
+    wait); after ``max_deliver`` deliveries the message goes to the dead letters.
+    """
+    return router.subscriber(
+        consumer.filter_subject,
+        stream=JStream(consumer.stream.name, declare=False),
+        durable=consumer.durable,
+        pull_sub=PullSub(batch_size=consumer.batch_size, timeout=1.0),
+        config=ConsumerConfig(
+            ack_wait=consumer.ack_wait_seconds,
+            max_deliver=consumer.max_deliver,
+            max_ack_pending=consumer.max_ack_pending,
+        ),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+
+
+async def publish_event(
+    broker: NatsBroker, event: Event, *, attempts: int = 5, ack_timeout: float = 5.0
+) -> bool:
+    """Publish ``event`` to its stream, once: returns ``False`` if it was a duplicate.
+
+    A publish during a NATS outage times out; it is retried with the same
+    ``Nats-Msg-Id``, so a retry that did reach the server is not stored twice.
+    """
+    stream = _stream_name(event)
+    delay = 0.25
+    for attempt in range(1, attempts + 1):
+        try:
+            ack = await broker.publish(
+                event,
+                event.subject,
+                stream=stream,
+                headers={"Nats-Msg-Id": event.dedupe_id()},
+                timeout=ack_timeout,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
+            if attempt == attempts:
+                raise
+            log.warning("publish retry", subject=event.subject, error=type(error).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            return not bool(getattr(ack, "duplicate", False))
+    return False  # pragma: no cover - the loop returns or raises
+
+
+def _stream_name(event: Event) -> str:
+    from passerelle_contracts import stream_for_subject
+
+    return stream_for_subject(event.subject).name
+
+
+async def watch_dead_letters(
+    broker: NatsBroker, consumers: tuple[Consumer, ...], metrics: ServiceMetrics
+) -> Callable[[], Awaitable[None]]:
+    """Copy messages that hit ``max_deliver`` on our consumers to the dead-letter stream.
+
+    JetStream announces them with a MAX_DELIVERIES advisory; the original is
+    fetched by sequence and republished with its subject and delivery count in
+    headers. Work-queue originals are then deleted so the queue moves on.
+    Returns a function that stops watching.
+    """
+    nc = broker.connection
+    js = nc.jetstream()
+    by_key = {(c.stream.name, c.durable): c for c in consumers}
+
+    async def on_advisory(msg: Any) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            key = (advisory["stream"], advisory["consumer"])
+            consumer = by_key.get(key)
+            if consumer is None:
+                return
+            original = await js.get_msg(consumer.stream.name, advisory["stream_seq"])
+            headers = {
+                "Passerelle-Original-Subject": original.subject,
+                "Passerelle-Stream-Seq": str(advisory["stream_seq"]),
+                "Passerelle-Deliveries": str(advisory["deliveries"]),
+                "Nats-Msg-Id": f"dlq:{consumer.durable}:{advisory['stream_seq']}",
+            }
+            await js.publish(
+                dead_letter_subject(consumer.stream.name, consumer.durable),
+                original.data or b"",
+                headers=headers,
+            )
+            if consumer.stream.retention == "workqueue":
+                await js.delete_msg(consumer.stream.name, advisory["stream_seq"])
+            metrics.dead_letters.labels(consumer.stream.name, consumer.durable).inc()
+            metrics.messages_handled.labels(consumer.durable, "dead_letter").inc()
+            log.error(
+                "message dead-lettered",
+                stream=consumer.stream.name,
+                consumer=consumer.durable,
+                stream_seq=advisory["stream_seq"],
+                deliveries=advisory["deliveries"],
+            )
+        except Exception:  # an advisory must never take the service down
+            log.exception("dead-letter forwarding failed")
+
+    subscriptions = [
+        await nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{c.stream.name}.{c.durable}",
+            cb=on_advisory,
+        )
+        for c in consumers
+    ]
+
+    async def stop() -> None:
+        for sub in subscriptions:
+            await sub.unsubscribe()
+
+    return stop
