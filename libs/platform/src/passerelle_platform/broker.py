@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -107,13 +107,16 @@ async def ensure_streams(broker: NatsBroker, streams: tuple[Stream, ...] = STREA
             await js.update_stream(config)
 
 
-def jetstream_subscriber(router: NatsRouter, consumer: Consumer) -> Any:
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
+
+
+def jetstream_subscriber(router: NatsRouter, consumer: Consumer) -> Callable[[HandlerT], HandlerT]:
     """The FastStream subscriber decorator for a declared durable pull consumer.
 
     A handler that raises is nacked and redelivered (``NackMessage(delay=…)`` to
     wait); after ``max_deliver`` deliveries the message goes to the dead letters.
     """
-    return router.subscriber(
+    subscriber = router.subscriber(
         consumer.filter_subject,
         stream=JStream(consumer.stream.name, declare=False),
         durable=consumer.durable,
@@ -125,6 +128,12 @@ def jetstream_subscriber(router: NatsRouter, consumer: Consumer) -> Any:
         ),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
+
+    def register(handler: HandlerT) -> HandlerT:
+        subscriber(handler)
+        return handler
+
+    return register
 
 
 async def publish_event(

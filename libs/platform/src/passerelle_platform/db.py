@@ -8,6 +8,7 @@ service keeps its own version table so several can share one Postgres database.
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from alembic import command
@@ -61,7 +62,9 @@ def migrate(engine: Engine, migrations: Path, service: str) -> None:
         command.upgrade(config, "head")
 
 
-def run_migrations(context: EnvironmentContext, target_metadata: MetaData | None) -> None:
+def run_migrations(
+    context: EnvironmentContext | ModuleType, target_metadata: MetaData | None
+) -> None:
     """The body of every service's ``migrations/env.py`` (online mode only)."""
     config = context.config
     connection = config.attributes["connection"]

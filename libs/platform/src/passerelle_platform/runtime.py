@@ -151,9 +151,12 @@ class ServiceRuntime:
             await hook()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
-        if self._stop_dead_letters is not None:
-            await self._stop_dead_letters()
-        await self.broker.stop()
+        try:
+            if self._stop_dead_letters is not None:
+                await self._stop_dead_letters()
+            await self.broker.stop()
+        except Exception as error:  # noqa: BLE001 - NATS may already be gone (Ctrl-C stops all)
+            self.log.info("nats closed without draining", error=type(error).__name__)
         if self.engine is not None:
             self.engine.dispose()
         self.tracer_provider.shutdown()

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import (
 
 
 def _one_line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return str(span.to_json(indent=None)) + "\n"
 
 
 def configure_tracing(

@@ -32,6 +32,14 @@ def create_app(settings: Settings) -> tuple[ASGIApp, ServiceRuntime]:
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
+        # One tracing path for every service (our ASGI middleware), not FastAPI's own.
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
     app.state.runtime = runtime
     app.state.settings = settings

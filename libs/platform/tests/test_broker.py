@@ -1,0 +1,99 @@
+"""The broker on a real nats-server: streams, dedupe, redelivery, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from faststream.exceptions import NackMessage
+from faststream.nats import NatsBroker, NatsRouter
+from opentelemetry.sdk.trace import TracerProvider
+
+from passerelle_contracts import UserErased
+from passerelle_contracts.streams import DEAD_LETTERS, ERASURES, STREAMS, Consumer
+from passerelle_platform.broker import (
+    ensure_streams,
+    jetstream_subscriber,
+    make_broker,
+    publish_event,
+    watch_dead_letters,
+)
+from passerelle_platform.metrics import ServiceMetrics
+from tests.support.nats import NatsServer
+
+
+@pytest.fixture
+async def broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
+    b = make_broker(nats_server.url, "test", TracerProvider(), ServiceMetrics("test", "0", "fr"))
+    await b.connect()
+    await ensure_streams(b)
+    yield b
+    await b.stop()
+
+
+async def test_streams_are_created_and_updated_idempotently(broker: NatsBroker) -> None:
+    js = broker.connection.jetstream()
+    await ensure_streams(broker)
+    for stream in STREAMS:
+        info = await js.stream_info(stream.name)
+        assert info.config.subjects == list(stream.subjects)
+        assert info.config.duplicate_window == stream.duplicate_window_seconds
+    # Someone changed a stream by hand: the declared configuration wins again.
+    info = await js.stream_info(ERASURES.name)
+    info.config.max_age = 2 * 24 * 3600.0
+    await js.update_stream(info.config)
+    await ensure_streams(broker)
+    assert (await js.stream_info(ERASURES.name)).config.max_age == ERASURES.max_age_seconds
+
+
+async def test_a_replayed_event_is_stored_once(broker: NatsBroker) -> None:
+    event = UserErased(region="fr", person_id="p1")
+    assert await publish_event(broker, event) is True
+    assert await publish_event(broker, event) is False
+    info = await broker.connection.jetstream().stream_info(ERASURES.name)
+    assert info.state.messages == 1
+
+
+async def test_nack_redelivers_then_poison_goes_to_dead_letters(nats_server: NatsServer) -> None:
+    consumer = Consumer("test-erasures", ERASURES, "user.erased", "test", max_deliver=3)
+    metrics = ServiceMetrics("test", "0", "fr")
+    broker = make_broker(nats_server.url, "test", TracerProvider(), metrics)
+    router = NatsRouter()
+    deliveries: list[str] = []
+    handled = asyncio.Event()
+
+    @jetstream_subscriber(router, consumer)
+    async def handler(event: UserErased) -> None:
+        deliveries.append(event.person_id)
+        if event.person_id == "poison":
+            raise RuntimeError("cannot handle this one")
+        if deliveries.count(event.person_id) < 2:
+            raise NackMessage(delay=0.2)  # transient: try again shortly
+        handled.set()
+
+    broker.include_router(router)
+    await broker.connect()
+    await ensure_streams(broker)
+    await broker.start()
+    stop = await watch_dead_letters(broker, (consumer,), metrics)
+    try:
+        await publish_event(broker, UserErased(region="fr", person_id="transient"))
+        await publish_event(broker, UserErased(region="fr", person_id="poison"))
+        await asyncio.wait_for(handled.wait(), 10)
+        js = broker.connection.jetstream()
+        for _ in range(100):
+            if (await js.stream_info(DEAD_LETTERS.name)).state.messages:
+                break
+            await asyncio.sleep(0.1)
+        assert deliveries.count("transient") == 2
+        assert deliveries.count("poison") == 3
+        parked = await js.get_last_msg(DEAD_LETTERS.name, "deadletter.ERASURES.test-erasures")
+        assert UserErased.model_validate_json(parked.data).person_id == "poison"
+        assert parked.headers is not None
+        assert parked.headers["Passerelle-Original-Subject"] == "user.erased"
+        assert parked.headers["Passerelle-Deliveries"] == "3"
+        assert metrics.dead_letters.labels("ERASURES", "test-erasures")._value.get() == 1
+    finally:
+        await stop()
+        await broker.stop()
