@@ -55,7 +55,7 @@ def test_health_up_down_and_back_after_a_nats_restart(
 ) -> None:
     edge = stack["ingest"]
     edge.wait_http("/healthz")
-    all_up = {s: "up" for s in SCRIPTS}
+    all_up = dict.fromkeys(SCRIPTS, "up")
     wait_for(lambda: statuses(edge) == all_up, 45, "all four services up")
     body = health(edge)
     assert body["status"] == "up"

@@ -40,9 +40,7 @@ def test_health_request_is_one_trace_from_http_to_matching(
         assert response.json()["services"]["matching"]["status"] == "up"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            matching_spans = [
-                s for s in spans(traces["matching"]) if "health" in s["name"]
-            ]
+            matching_spans = [s for s in spans(traces["matching"]) if "health" in s["name"]]
             if matching_spans:
                 break
             time.sleep(0.2)

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr, ValidationError
+
 from passerelle_contracts import (
     ALL_EVENTS,
     ALL_RPC,
@@ -21,7 +23,6 @@ from passerelle_contracts import (
 from passerelle_contracts.rpc import BlueskyLinkRequest
 from passerelle_contracts.schemas import render_schemas
 from passerelle_contracts.streams import subject_matches
-from pydantic import SecretStr, ValidationError
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -93,7 +93,10 @@ async def test_nack_redelivers_then_poison_goes_to_dead_letters(nats_server: Nat
         assert parked.headers is not None
         assert parked.headers["Passerelle-Original-Subject"] == "user.erased"
         assert parked.headers["Passerelle-Deliveries"] == "3"
-        assert metrics.dead_letters.labels("ERASURES", "test-erasures")._value.get() == 1
+        sample = metrics.registry.get_sample_value(
+            "passerelle_dead_letters_total", {"stream": "ERASURES", "consumer": "test-erasures"}
+        )
+        assert sample == 1
     finally:
         await stop()
         await broker.stop()

@@ -74,7 +74,9 @@ def test_wrong_types_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_service_refuses_to_start_with_one_line(script: str, variable: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
     env |= {"PASSERELLE_ENV": "production", "PASSERELLE_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([str(BIN / script)], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(BIN / script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -22,9 +22,9 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.sdk.trace import TracerProvider
+
 from passerelle_contracts import Event, Stream
 from passerelle_contracts.streams import STREAMS, Consumer, dead_letter_subject
-
 from passerelle_platform.logging import get_logger
 from passerelle_platform.metrics import ServiceMetrics
 

@@ -22,8 +22,6 @@ from typing import Any
 import uvicorn
 from faststream.nats import NatsBroker, NatsRouter
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from passerelle_contracts import HealthReply, HealthRequest, health_subject
-from passerelle_contracts.streams import Consumer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
@@ -32,6 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from passerelle_contracts import HealthReply, HealthRequest, health_subject
+from passerelle_contracts.streams import Consumer
 from passerelle_platform.broker import ensure_streams, make_broker, watch_dead_letters
 from passerelle_platform.db import database_url, make_engine, migrate
 from passerelle_platform.logging import REDACTOR, configure_logging

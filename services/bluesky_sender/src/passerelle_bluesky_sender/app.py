@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from passerelle_contracts.streams import BLUESKY_ERASURES, BLUESKY_FOLLOWS
-from passerelle_platform.runtime import ServiceRuntime
-from passerelle_platform.settings import settings_or_exit
-
 from passerelle_bluesky_sender import __version__
 from passerelle_bluesky_sender.handlers import build_router
 from passerelle_bluesky_sender.settings import Settings
+from passerelle_contracts.streams import BLUESKY_ERASURES, BLUESKY_FOLLOWS
+from passerelle_platform.runtime import ServiceRuntime
+from passerelle_platform.settings import settings_or_exit
 
 SERVICE = "bluesky_sender"
 CONSUMERS = (BLUESKY_FOLLOWS, BLUESKY_ERASURES)

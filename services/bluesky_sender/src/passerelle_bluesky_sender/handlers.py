@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsRouter
+
 from passerelle_contracts import BlueskyFollowRequested, UserErased
 from passerelle_contracts.streams import BLUESKY_ERASURES, BLUESKY_FOLLOWS
 from passerelle_platform.broker import jetstream_subscriber

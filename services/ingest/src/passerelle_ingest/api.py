@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from passerelle_platform.runtime import ServiceRuntime
 
 from passerelle_ingest.settings import Settings
 from passerelle_ingest.status import SystemStatus, system_status
+from passerelle_platform.runtime import ServiceRuntime
 
 
 def build_api(runtime: ServiceRuntime, settings: Settings) -> APIRouter:

@@ -8,14 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from passerelle_platform.runtime import ServiceRuntime
-from passerelle_platform.settings import settings_or_exit
 from starlette.types import ASGIApp
 
 from passerelle_ingest import __version__
 from passerelle_ingest.api import build_api
 from passerelle_ingest.settings import Settings
 from passerelle_ingest.web import build_web
+from passerelle_platform.runtime import ServiceRuntime
+from passerelle_platform.settings import settings_or_exit
 
 SERVICE = "ingest"
 

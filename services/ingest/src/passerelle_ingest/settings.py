@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from passerelle_platform.settings import DEV_PREFIX, PlatformSettings
 from pydantic import SecretStr
+
+from passerelle_platform.settings import DEV_PREFIX, PlatformSettings
 
 
 class Settings(PlatformSettings):

@@ -7,8 +7,9 @@ from typing import Literal
 
 import nats.errors
 from faststream.nats import NatsBroker
-from passerelle_contracts import SERVICES, HealthReply, HealthRequest, health_subject
 from pydantic import BaseModel
+
+from passerelle_contracts import SERVICES, HealthReply, HealthRequest, health_subject
 
 ServiceState = Literal["up", "degraded", "down"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from passerelle_platform.runtime import ServiceRuntime
 
 from passerelle_ingest.settings import Settings
 from passerelle_ingest.status import system_status
+from passerelle_platform.runtime import ServiceRuntime
 
 TEMPLATES = Path(__file__).parent / "templates"
 

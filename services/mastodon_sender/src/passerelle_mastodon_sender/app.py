@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from passerelle_contracts.streams import MASTODON_ERASURES, MASTODON_FOLLOWS
-from passerelle_platform.runtime import ServiceRuntime
-from passerelle_platform.settings import settings_or_exit
-
 from passerelle_mastodon_sender import __version__
 from passerelle_mastodon_sender.handlers import build_router
 from passerelle_mastodon_sender.settings import Settings
+from passerelle_platform.runtime import ServiceRuntime
+from passerelle_platform.settings import settings_or_exit
 
 SERVICE = "mastodon_sender"
 CONSUMERS = (MASTODON_FOLLOWS, MASTODON_ERASURES)

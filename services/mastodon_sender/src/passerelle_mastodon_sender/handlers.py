@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsRouter
+
 from passerelle_contracts import MastodonFollowRequested, UserErased
 from passerelle_contracts.streams import MASTODON_ERASURES, MASTODON_FOLLOWS
 from passerelle_platform.broker import jetstream_subscriber

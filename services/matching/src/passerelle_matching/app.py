@@ -14,12 +14,11 @@ from passerelle_contracts.streams import (
     MATCHING_IDENTITIES,
     MATCHING_RESULTS,
 )
-from passerelle_platform.runtime import ServiceRuntime
-from passerelle_platform.settings import settings_or_exit
-
 from passerelle_matching import __version__
 from passerelle_matching.handlers import build_router
 from passerelle_matching.settings import Settings
+from passerelle_platform.runtime import ServiceRuntime
+from passerelle_platform.settings import settings_or_exit
 
 SERVICE = "matching"
 CONSUMERS = (

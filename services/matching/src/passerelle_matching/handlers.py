@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from faststream.nats import NatsRouter
+from pydantic import Field
+
 from passerelle_contracts import (
     ArchiveImported,
     ConsentChanged,
@@ -22,7 +24,6 @@ from passerelle_contracts.streams import (
 )
 from passerelle_platform.broker import jetstream_subscriber
 from passerelle_platform.runtime import ServiceRuntime
-from pydantic import Field
 
 IdentityEvent = Annotated[IdentityLinked | IdentityUnlinked, Field(discriminator="type")]
 
