@@ -1,0 +1,1 @@
+"""Real peer servers (Mastodon-API, ...) that tests and the local demo run as processes."""
