@@ -29,6 +29,8 @@ import pytest
 
 from .harness import LocalPds
 
+__all__ = ["pds", "pds_factory", "pds_rate_limited"]
+
 _session_lock = threading.Lock()
 _session_state: dict[str, Any] = {"pds": None, "users": 0}
 

@@ -15,9 +15,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.peers.pds.fixtures import pds, pds_factory, pds_rate_limited
 from tests.peers.pds.harness import FOLLOW_COLLECTION, LocalPds, PdsAccount
 
-pytest_plugins = ["tests.peers.pds.fixtures"]
+__all__ = ["pds", "pds_factory", "pds_rate_limited"]  # fixtures used below
 
 B32 = "abcdefghijklmnopqrstuvwxyz234567"
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
