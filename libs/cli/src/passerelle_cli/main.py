@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from passerelle_cli.archive import archive_app
+
 app = typer.Typer(
     name="passerelle",
     help="passerelle: move your network from X to Bluesky and Mastodon.",
@@ -15,3 +17,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """passerelle's command line."""
+
+
+app.add_typer(archive_app, name="archive")
