@@ -18,9 +18,10 @@ Direction = Literal["following", "follower"]
 class ArchiveImported(Event):
     """A person's X archive was parsed; its edges wait in the Object Store.
 
-    The payload at ``bucket``/``object_name`` is the edge list in the format named
-    by ``payload_format`` (see ``passerelle_xarchive``); it never holds anything
-    but X ids.
+    Two objects in ``bucket``, one per direction, each an edge payload in the
+    format named by ``payload_format`` (``passerelle_xarchive.payload``: a header,
+    then strictly ascending uint64 X ids). They never hold anything but X ids.
+    ``payload_sha256`` covers both (following first), so equal archives compare equal.
     """
 
     subject: ClassVar[str] = "archive.imported"
@@ -33,7 +34,10 @@ class ArchiveImported(Event):
     following_count: int = Field(ge=0)
     followers_count: int = Field(ge=0)
     bucket: str
-    object_name: str
+    following_object: str
+    """The ids this person followed on X."""
+    followers_object: str
+    """The ids that followed this person on X."""
     payload_format: Literal["edges-u64le-v1"] = "edges-u64le-v1"
     payload_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 

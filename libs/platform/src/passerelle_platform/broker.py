@@ -22,6 +22,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.sdk.trace import TracerProvider
+from pydantic import BaseModel
 
 from passerelle_contracts import Event, Stream
 from passerelle_contracts.streams import STREAMS, Consumer, dead_letter_subject
@@ -232,3 +233,26 @@ async def watch_dead_letters(
             await sub.unsubscribe()
 
     return stop
+
+
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
+
+
+class ServiceUnavailableError(Exception):
+    """Nobody answered a request in time (the service is down or overloaded)."""
+
+
+async def ask(
+    broker: NatsBroker,
+    request: BaseModel,
+    subject: str,
+    reply_type: type[ReplyT],
+    *,
+    wait_seconds: float = 5.0,
+) -> ReplyT:
+    """Send a request/reply question and parse the answer as ``reply_type``."""
+    try:
+        response = await broker.request(request, subject, timeout=wait_seconds)
+    except (nats.errors.NoRespondersError, TimeoutError, nats.errors.Error) as error:
+        raise ServiceUnavailableError(f"{subject}: {type(error).__name__}") from error
+    return reply_type.model_validate_json(response.body)

@@ -9,7 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from passerelle_ingest.auth import Auth
+from passerelle_ingest.importer import ArchiveImporter
+from passerelle_ingest.people import People
 from passerelle_ingest.settings import Settings
+from passerelle_ingest.signin import SignIn
 from passerelle_ingest.status import system_status
 from passerelle_platform.runtime import ServiceRuntime
 
@@ -27,7 +31,14 @@ def make_templates() -> Environment:
     return env
 
 
-def build_web(runtime: ServiceRuntime, settings: Settings) -> APIRouter:
+def build_web(
+    runtime: ServiceRuntime,
+    settings: Settings,
+    people: People,  # noqa: ARG001 - the web pages use these as they grow
+    importer: ArchiveImporter,  # noqa: ARG001
+    auth: Auth,  # noqa: ARG001
+    sign_in: SignIn,  # noqa: ARG001
+) -> APIRouter:
     """Routes of the web pages."""
     router = APIRouter(include_in_schema=False)
     templates = make_templates()

@@ -1,0 +1,196 @@
+"""Archive imports: parse, keep only edge ids, hand them to matching, once.
+
+The reader (``passerelle_xarchive``) streams the needed members in bounded
+memory. The edge payload goes to the NATS Object Store and exactly one
+``archive.imported`` is published per import. The same archive again is a
+no-op; a newer one is a new import (matching replaces the edges). Temporary
+files are removed on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from faststream.nats import NatsBroker
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from passerelle_contracts import ArchiveImported
+from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
+from passerelle_ingest.models import ArchiveImport, Person
+from passerelle_platform.broker import publish_event
+from passerelle_xarchive import ArchiveLimits, read_archive, read_extracted_files
+
+PAYLOAD_TTL_SECONDS = 14 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What happened to an upload."""
+
+    import_id: str
+    state: Literal["published", "duplicate"]
+    following: int
+    followers: int
+
+
+@dataclass(frozen=True)
+class ParsedArchive:
+    """A parsed archive waiting in two temporary payload files (one per direction)."""
+
+    x_account_id: str
+    x_username: str
+    following: int
+    followers: int
+    following_payload: Path
+    followers_payload: Path
+    sha256: str
+
+    def remove(self) -> None:
+        self.following_payload.unlink(missing_ok=True)
+        self.followers_payload.unlink(missing_ok=True)
+
+
+class ImportUnavailableError(Exception):
+    """NATS could not take the payload or the event: nothing was stored, retry later."""
+
+
+class ArchiveImporter:
+    """Turns an uploaded archive (a zip or extracted members) into an ``archive.imported``."""
+
+    def __init__(
+        self, engine: Engine, broker: NatsBroker, region: str, limits: ArchiveLimits, tmp_dir: Path
+    ) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.region = region
+        self.limits = limits
+        self.tmp_dir = tmp_dir
+
+    async def import_zip(self, person_id: str, archive: BinaryIO) -> ImportOutcome:
+        """Import a whole X archive zip (a seekable stream spooled to disk, never in memory)."""
+        parsed = await asyncio.to_thread(self._parse, archive, None)
+        return await self._store(person_id, parsed)
+
+    async def import_members(
+        self, person_id: str, members: list[tuple[str, BinaryIO]]
+    ) -> ImportOutcome:
+        """Import the members a browser extracted (``account.js``, ``follower*.js``…)."""
+        parsed = await asyncio.to_thread(self._parse, None, members)
+        return await self._store(person_id, parsed)
+
+    def _parse(
+        self, archive: BinaryIO | None, members: list[tuple[str, BinaryIO]] | None
+    ) -> ParsedArchive:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if archive is not None:
+            contents = read_archive(archive, limits=self.limits, temp_dir=self.tmp_dir)
+        else:
+            assert members is not None
+            contents = read_extracted_files(members, limits=self.limits, temp_dir=self.tmp_dir)
+        with contents:
+            digest = hashlib.sha256()
+            paths: list[Path] = []
+            try:
+                for edges in (contents.following, contents.followers):
+                    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed by _store
+                        dir=self.tmp_dir, prefix="edges-", suffix=".bin", delete=False
+                    )
+                    paths.append(Path(handle.name))
+                    with handle:
+                        for chunk in edges.iter_payload():
+                            digest.update(chunk)
+                            handle.write(chunk)
+                return ParsedArchive(
+                    x_account_id=str(contents.account.id),
+                    x_username=contents.account.username,
+                    following=len(contents.following),
+                    followers=len(contents.followers),
+                    following_payload=paths[0],
+                    followers_payload=paths[1],
+                    sha256=digest.hexdigest(),
+                )
+            except BaseException:
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                raise
+
+    async def _store(self, person_id: str, parsed: ParsedArchive) -> ImportOutcome:
+        try:
+            previous = await asyncio.to_thread(self._latest_published, person_id)
+            if previous is not None and previous.payload_sha256 == parsed.sha256:
+                return ImportOutcome(previous.id, "duplicate", parsed.following, parsed.followers)
+            import_id = uuid.uuid4().hex
+            event = ArchiveImported(
+                region=self.region,
+                person_id=person_id,
+                import_id=import_id,
+                x_account_id=parsed.x_account_id,
+                x_username=parsed.x_username,
+                following_count=parsed.following,
+                followers_count=parsed.followers,
+                bucket=ARCHIVE_EDGES_BUCKET,
+                following_object=f"{import_id}.following",
+                followers_object=f"{import_id}.followers",
+                payload_sha256=parsed.sha256,
+            )
+            try:
+                store = await self.broker.object_storage(
+                    ARCHIVE_EDGES_BUCKET, ttl=PAYLOAD_TTL_SECONDS
+                )
+                for name, path in (
+                    (event.following_object, parsed.following_payload),
+                    (event.followers_object, parsed.followers_payload),
+                ):
+                    with path.open("rb") as payload:
+                        await store.put(name, payload)
+                await publish_event(self.broker, event)
+            except Exception as error:
+                raise ImportUnavailableError(type(error).__name__) from error
+            await asyncio.to_thread(self._record, person_id, import_id, parsed)
+            return ImportOutcome(import_id, "published", parsed.following, parsed.followers)
+        finally:
+            parsed.remove()
+
+    def _latest_published(self, person_id: str) -> ArchiveImport | None:
+        with Session(self.engine, expire_on_commit=False) as db:
+            return db.exec(
+                select(ArchiveImport)
+                .where(ArchiveImport.person_id == person_id, ArchiveImport.state == "published")
+                .order_by(col(ArchiveImport.created_at).desc())
+            ).first()
+
+    def _record(self, person_id: str, import_id: str, parsed: ParsedArchive) -> None:
+        now = datetime.now(UTC)
+        with Session(self.engine, expire_on_commit=False) as db:
+            db.add(
+                ArchiveImport(
+                    id=import_id,
+                    person_id=person_id,
+                    state="published",
+                    x_account_id=parsed.x_account_id,
+                    following_count=parsed.following,
+                    followers_count=parsed.followers,
+                    payload_sha256=parsed.sha256,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            person = db.get(Person, person_id)
+            if person is not None:
+                person.x_account_id = parsed.x_account_id
+                person.x_username = parsed.x_username
+            db.commit()
+
+    def get(self, person_id: str, import_id: str) -> ArchiveImport | None:
+        """An import of this person (someone else's id reads as unknown)."""
+        with Session(self.engine, expire_on_commit=False) as db:
+            row = db.get(ArchiveImport, import_id)
+            return row if row is not None and row.person_id == person_id else None
