@@ -411,12 +411,6 @@ def account_js(spec: ArchiveSpec) -> bytes:
     return (b"\xef\xbb\xbf" if spec.bom else b"") + data
 
 
-def _split(ids: list[int], parts: int) -> list[list[int]]:
-    parts = max(1, parts)
-    size = -(-len(ids) // parts) if ids else 0
-    return [ids[i * size : (i + 1) * size] for i in range(parts)]
-
-
 def _part_name(kind: str, part: int) -> str:
     return f"{kind}.js" if part == 0 else f"{kind}-part{part}.js"
 
@@ -431,12 +425,12 @@ def _parts(spec: ArchiveSpec, kind: str) -> Iterator[tuple[int, Iterator[int]]]:
     if override is not None:
         total = len(override)
     parts = max(1, min(parts, max(total, 1)))
-    size = -(-total // parts) if total else 0
+    base, extra = divmod(total, parts)
     ids = source()
     dup_source = source()
     for part in range(parts):
-        count = size if part < parts - 1 else total - size * (parts - 1)
-        chunk = (next(ids) for _ in range(max(count, 0)))
+        count = base + (1 if part < extra else 0)
+        chunk = (next(ids) for _ in range(count))
         if part == parts - 1 and spec.duplicates and total:
             chunk = _with_duplicates(chunk, dup_source, spec.duplicates, total)
         yield part, chunk

@@ -83,6 +83,12 @@ class EdgeSet:
         self._spill = spill
         self._region = region
         self._closed = False
+        if array is not None:
+            self._count = int(array.size)
+        elif region is not None and spill is not None:
+            self._count = region.count
+        else:
+            raise ValueError("EdgeSet needs an array or a spill file and region")
 
     @classmethod
     def from_ids(cls, ids: U64 | list[int]) -> EdgeSet:
@@ -95,11 +101,8 @@ class EdgeSet:
 
     @property
     def count(self) -> int:
-        """Number of distinct ids."""
-        if self._array is not None:
-            return int(self._array.size)
-        assert self._region is not None
-        return self._region.count
+        """Number of distinct ids (still known after :meth:`close`)."""
+        return self._count
 
     @property
     def spilled(self) -> bool:
@@ -180,7 +183,7 @@ class EdgeSet:
 
     def __repr__(self) -> str:
         where = "closed" if self._closed else ("spilled" if self.spilled else "memory")
-        return f"EdgeSet(count={self.count if not self._closed else '?'}, {where})"
+        return f"EdgeSet(count={self._count}, {where})"
 
 
 class _IterReader(io.RawIOBase):
@@ -252,7 +255,7 @@ class EdgeSetBuilder:
             pos += take
 
     def _initial_capacity(self, hint: int) -> int:
-        return max(4096, min(self._cap, hint))
+        return min(self._cap, max(4096, hint))
 
     def _spill_buffer(self) -> None:
         assert self._buf is not None
