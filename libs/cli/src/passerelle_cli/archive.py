@@ -43,11 +43,53 @@ def _refuse(error: ArchiveError) -> NoReturn:
     raise typer.Exit(EXIT_BAD_ARCHIVE)
 
 
-def _read(path: Path) -> ArchiveContents:
-    from passerelle_xarchive import ArchiveError, read_archive
+_LIMITS = "Limits (default: the service's defaults)"
+MaxArchiveBytes = Annotated[
+    int | None,
+    typer.Option(help="Largest zip accepted, in bytes.", rich_help_panel=_LIMITS, min=1),
+]
+MaxInflatedBytes = Annotated[
+    int | None,
+    typer.Option(
+        help="Most bytes the needed files may inflate to.", rich_help_panel=_LIMITS, min=1
+    ),
+]
+MaxRatio = Annotated[
+    float | None,
+    typer.Option(help="Highest compression ratio per file.", rich_help_panel=_LIMITS, min=1),
+]
+MaxMembers = Annotated[
+    int | None,
+    typer.Option(help="Most entries in the zip.", rich_help_panel=_LIMITS, min=1),
+]
+MaxEdges = Annotated[
+    int | None,
+    typer.Option(help="Most follow entries (both lists).", rich_help_panel=_LIMITS, min=1),
+]
 
+
+def _read(
+    path: Path,
+    *,
+    max_archive_bytes: int | None = None,
+    max_inflated_bytes: int | None = None,
+    max_ratio: float | None = None,
+    max_members: int | None = None,
+    max_edges: int | None = None,
+) -> ArchiveContents:
+    """Read the archive with the default limits, overridden by the options given."""
+    from passerelle_xarchive import ArchiveError, ArchiveLimits, read_archive
+
+    chosen = {
+        "max_archive_bytes": max_archive_bytes,
+        "max_inflated_bytes": max_inflated_bytes,
+        "max_compression_ratio": max_ratio,
+        "max_members": max_members,
+        "max_edges": max_edges,
+    }
+    limits = ArchiveLimits(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
     try:
-        return read_archive(path)
+        return read_archive(path, limits=limits)
     except ArchiveError as error:
         _refuse(error)
 
@@ -58,9 +100,21 @@ def inspect(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a summary.")
     ] = False,
+    max_archive_bytes: MaxArchiveBytes = None,
+    max_inflated_bytes: MaxInflatedBytes = None,
+    max_ratio: MaxRatio = None,
+    max_members: MaxMembers = None,
+    max_edges: MaxEdges = None,
 ) -> None:
     """Show whose archive PATH is and how many accounts it follows and is followed by."""
-    with _read(path) as contents:
+    with _read(
+        path,
+        max_archive_bytes=max_archive_bytes,
+        max_inflated_bytes=max_inflated_bytes,
+        max_ratio=max_ratio,
+        max_members=max_members,
+        max_edges=max_edges,
+    ) as contents:
         if as_json:
             summary = {
                 "account": {"id": str(contents.account.id), "username": contents.account.username},
@@ -105,12 +159,26 @@ def _write_edges(kind: bytes, edges: EdgeSet, out: BinaryIO) -> None:
 
 
 @archive_app.command("edges")
-def edges(path: PathArgument) -> None:
+def edges(
+    path: PathArgument,
+    max_archive_bytes: MaxArchiveBytes = None,
+    max_inflated_bytes: MaxInflatedBytes = None,
+    max_ratio: MaxRatio = None,
+    max_members: MaxMembers = None,
+    max_edges: MaxEdges = None,
+) -> None:
     """Print every follow edge of PATH, one per line: `following<TAB>id`, `follower<TAB>id`.
 
     Ids are in ascending order within each kind, duplicates removed.
     """
-    with _read(path) as contents:
+    with _read(
+        path,
+        max_archive_bytes=max_archive_bytes,
+        max_inflated_bytes=max_inflated_bytes,
+        max_ratio=max_ratio,
+        max_members=max_members,
+        max_edges=max_edges,
+    ) as contents:
         out = sys.stdout.buffer
         try:
             _write_edges(b"following", contents.following, out)
