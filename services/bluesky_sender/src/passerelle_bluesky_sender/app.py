@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from passerelle_bluesky_sender import __version__
+from passerelle_bluesky_sender.clock import Clock
 from passerelle_bluesky_sender.handlers import build_router
+from passerelle_bluesky_sender.service import BlueskySender
 from passerelle_bluesky_sender.settings import Settings
 from passerelle_contracts.streams import BLUESKY_ERASURES, BLUESKY_FOLLOWS
 from passerelle_platform.runtime import ServiceRuntime
@@ -18,8 +20,8 @@ SERVICE = "bluesky_sender"
 CONSUMERS = (BLUESKY_FOLLOWS, BLUESKY_ERASURES)
 
 
-def create_runtime(settings: Settings) -> ServiceRuntime:
-    """Everything the process runs, without starting it (tests use this too)."""
+def create_sender(settings: Settings, *, clock: Clock | None = None) -> BlueskySender:
+    """The runtime and the sender's parts, without starting them (tests use this)."""
     runtime = ServiceRuntime(
         SERVICE,
         __version__,
@@ -27,8 +29,14 @@ def create_runtime(settings: Settings) -> ServiceRuntime:
         consumers=CONSUMERS,
         migrations=Path(__file__).parent / "migrations",
     )
-    runtime.include(build_router(runtime))
-    return runtime
+    sender = BlueskySender(runtime, settings, clock=clock)
+    runtime.include(build_router(sender))
+    return sender
+
+
+def create_runtime(settings: Settings) -> ServiceRuntime:
+    """Everything the process runs, without starting it."""
+    return create_sender(settings).runtime
 
 
 def main() -> None:

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from faststream.exceptions import NackMessage
 from faststream.nats import NatsRouter
 
+from passerelle_bluesky_sender.linking import UNLINK_SUBJECT
+from passerelle_bluesky_sender.service import BlueskySender
 from passerelle_contracts import BlueskyFollowRequested, UserErased
+from passerelle_contracts.rpc import BlueskyLinkRequest, LinkReply, UnlinkReply, UnlinkRequest
 from passerelle_contracts.streams import BLUESKY_ERASURES, BLUESKY_FOLLOWS
 from passerelle_platform.broker import jetstream_subscriber
-from passerelle_platform.runtime import ServiceRuntime
 
-#: Until the ledger exists, follow requests stay queued instead of being dropped.
-NOT_READY_DELAY_SECONDS = 300.0
+#: Request/reply subscribers share a queue group: with several replicas, one answers.
+RPC_QUEUE = "bluesky_sender"
 
 
-def build_router(runtime: ServiceRuntime) -> NatsRouter:
+def build_router(sender: BlueskySender) -> NatsRouter:
     """The bluesky sender's subscribers."""
     router = NatsRouter()
-    log = runtime.log
 
     @jetstream_subscriber(router, BLUESKY_FOLLOWS)
     async def on_follow_requested(request: BlueskyFollowRequested) -> None:
-        log.info("follow request kept for later", follow_id=request.follow_id)
-        raise NackMessage(delay=NOT_READY_DELAY_SECONDS)
+        # Returns once the request is in the ledger; the message is then acked.
+        await sender.follow_requested(request)
 
     @jetstream_subscriber(router, BLUESKY_ERASURES)
     async def on_erasure(event: UserErased) -> None:
-        log.info("erasure received", kind=event.type)
+        await sender.erase(event.person_id)
+
+    @router.subscriber(BlueskyLinkRequest.subject, queue=RPC_QUEUE)
+    async def on_link(request: BlueskyLinkRequest) -> LinkReply:
+        return await sender.linker.link(request)
+
+    @router.subscriber(UNLINK_SUBJECT, queue=RPC_QUEUE)
+    async def on_unlink(request: UnlinkRequest) -> UnlinkReply:
+        return await sender.linker.unlink(request)
 
     return router

@@ -1,0 +1,103 @@
+"""Credentials at rest: app passwords and session tokens, encrypted with MultiFernet.
+
+``PASSERELLE_ENCRYPTION_KEYS`` holds comma-separated Fernet keys (make one with
+``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``).
+The first key encrypts; every key decrypts, so rotation is: put a new key first,
+restart (the service re-encrypts every stored credential with it at start), then
+remove the old key. Each stored row remembers which key encrypted it (a fingerprint,
+never the key).
+
+In dev mode the built-in placeholder is not a Fernet key: a key is derived from it
+deterministically (SHA-256), so a local database stays readable across restarts; the
+service logs that it does so. Outside dev mode a value that is not a list of Fernet
+keys stops the service at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+DEV_DERIVATION_LABEL = b"passerelle-bluesky-sender-dev-key:"
+
+
+class CredentialError(Exception):
+    """A stored credential cannot be decrypted with the configured keys."""
+
+
+def _is_fernet_key(text: str) -> bool:
+    try:
+        raw = base64.urlsafe_b64decode(text.encode())
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == 32
+
+
+def derive_dev_key(text: str) -> bytes:
+    """A Fernet key derived from any text (development only)."""
+    digest = hashlib.sha256(DEV_DERIVATION_LABEL + text.encode()).digest()
+    return base64.urlsafe_b64encode(digest)
+
+
+def parse_keys(value: str, *, dev: bool) -> tuple[list[bytes], bool]:
+    """The Fernet keys in ``value`` and whether any was derived (dev mode only).
+
+    Raises ``ValueError`` naming the variable when a key is not a Fernet key outside dev.
+    """
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("PASSERELLE_ENCRYPTION_KEYS is empty")
+    keys: list[bytes] = []
+    derived = False
+    for i, part in enumerate(parts):
+        if _is_fernet_key(part):
+            keys.append(part.encode())
+        elif dev:
+            keys.append(derive_dev_key(part))
+            derived = True
+        else:
+            raise ValueError(
+                f"PASSERELLE_ENCRYPTION_KEYS: key {i + 1} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes)"
+            )
+    return keys, derived
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, non-secret name for a key (which key encrypted a row)."""
+    return hashlib.sha256(b"fingerprint:" + key).hexdigest()[:12]
+
+
+class CredentialCipher:
+    """Encrypt with the first key, decrypt with any."""
+
+    def __init__(self, keys: list[bytes], *, derived: bool = False) -> None:
+        if not keys:
+            raise ValueError("at least one key is needed")
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+        self.key_id = key_fingerprint(keys[0])
+        self.derived = derived
+
+    @classmethod
+    def from_setting(cls, value: str, *, dev: bool) -> CredentialCipher:
+        keys, derived = parse_keys(value, dev=dev)
+        return cls(keys, derived=derived)
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise CredentialError("a stored credential cannot be decrypted") from None
+
+    def rotate(self, token: str) -> str:
+        """``token`` re-encrypted with the first key."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise CredentialError("a stored credential cannot be decrypted") from None

@@ -1,0 +1,245 @@
+"""The sender's parts, put together once per process (see ``app.py`` for the wiring).
+
+:class:`BlueskySender` owns the HTTP client, the credential cipher, the ledger store,
+the scheduler, the outbox of results and the intake of requests, and starts and stops
+them with the runtime (once NATS is connected; stopped before it closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+
+import httpx
+
+from passerelle_bluesky_sender import __version__
+from passerelle_bluesky_sender.budget import DAY, HOUR
+from passerelle_bluesky_sender.clock import Clock, clock_from
+from passerelle_bluesky_sender.crypto import CredentialCipher, CredentialError
+from passerelle_bluesky_sender.identity import IdentityResolver
+from passerelle_bluesky_sender.intake import Intake
+from passerelle_bluesky_sender.linking import Linker
+from passerelle_bluesky_sender.metrics import NETWORK, SenderMetrics
+from passerelle_bluesky_sender.outbox import Outbox
+from passerelle_bluesky_sender.scheduler import Scheduler
+from passerelle_bluesky_sender.sessions import Sessions
+from passerelle_bluesky_sender.settings import Settings
+from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store
+from passerelle_bluesky_sender.targets import TargetChecker
+from passerelle_bluesky_sender.xrpc import XrpcClient
+from passerelle_contracts import BlueskyFollowRequested, Event, IdentityUnlinked
+from passerelle_platform.broker import publish_event
+from passerelle_platform.runtime import ServiceRuntime
+
+
+class BlueskySender:
+    def __init__(
+        self, runtime: ServiceRuntime, settings: Settings, *, clock: Clock | None = None
+    ) -> None:
+        if runtime.engine is None:
+            raise RuntimeError("the bluesky sender needs its database")
+        self.runtime = runtime
+        self.settings = settings
+        self.log = runtime.log
+        self.clock = clock or clock_from(
+            settings.bluesky_clock_speedup, settings.bluesky_clock_origin
+        )
+        self.cipher = CredentialCipher.from_setting(
+            settings.encryption_keys.get_secret_value(), dev=settings.env == "dev"
+        )
+        self.metrics = SenderMetrics(runtime.metrics.registry)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.bluesky_http_timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=settings.bluesky_http_max_connections,
+                max_keepalive_connections=settings.bluesky_http_max_connections,
+            ),
+            headers={"User-Agent": f"passerelle-bluesky-sender/{__version__}"},
+        )
+        tracer = runtime.tracer_provider.get_tracer("passerelle_bluesky_sender", __version__)
+        self.xrpc = XrpcClient(self.http, tracer, self.metrics.observe_call)
+        self.store = Store(runtime.engine)
+        self.resolver = IdentityResolver(
+            self.xrpc,
+            handle_resolver_url=settings.bluesky_handle_resolver_url,
+            plc_url=settings.bluesky_plc_url,
+            allow_http=settings.bluesky_allow_http,
+        )
+        self.sessions = Sessions(self.store, self.xrpc, self.cipher, self.clock, settings)
+        self.targets = TargetChecker(
+            self.store,
+            self.resolver,
+            self.xrpc,
+            self.clock,
+            ttl=settings.bluesky_target_check_ttl_seconds,
+        )
+        self.outbox = Outbox(
+            self.store,
+            runtime.broker,
+            region=settings.region,
+            concurrency=settings.bluesky_result_publish_concurrency,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        self.scheduler = Scheduler(
+            store=self.store,
+            xrpc=self.xrpc,
+            sessions=self.sessions,
+            targets=self.targets,
+            clock=self.clock,
+            settings=settings,
+            metrics=self.metrics,
+            log=self.log,
+            on_broken=self._on_broken,
+            on_results=self.outbox.wake,
+        )
+        self.intake = Intake(
+            self.store,
+            self.clock,
+            batch=settings.bluesky_intake_batch,
+            linger=settings.bluesky_intake_linger_seconds,
+            on_recorded=self._on_recorded,
+            log=self.log,
+        )
+        self.linker = Linker(
+            resolver=self.resolver,
+            xrpc=self.xrpc,
+            store=self.store,
+            cipher=self.cipher,
+            clock=self.clock,
+            scheduler=self.scheduler,
+            sessions=self.sessions,
+            publish=self.publish,
+            on_results=self.outbox.wake,
+            region=settings.region,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        self._metrics_task: asyncio.Task[None] | None = None
+        if self.cipher.derived:
+            self.log.warning(
+                "development encryption key: derived from PASSERELLE_ENCRYPTION_KEYS, "
+                "which is not a Fernet key; never use this outside development"
+            )
+        if settings.bluesky_clock_speedup != 1.0:
+            self.log.warning("fast clock", speedup=settings.bluesky_clock_speedup)
+        runtime.on_connected.append(self.start)
+        runtime.on_shutdown.append(self.stop)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.rotate_credentials()
+        self.outbox.start()
+        self.scheduler.start()
+        self._metrics_task = asyncio.create_task(self._metrics_loop(), name="bluesky-metrics")
+        for account in await asyncio.to_thread(self.store.broken_accounts):
+            # Idempotent (Nats-Msg-Id): makes sure a link broken before a crash was told.
+            await self._announce_broken(account)
+
+    async def stop(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            await asyncio.gather(self._metrics_task, return_exceptions=True)
+        await self.intake.stop()
+        await self.scheduler.stop()
+        await self.outbox.stop()
+        await self.http.aclose()
+
+    async def publish(self, event: Event) -> bool:
+        return await publish_event(self.runtime.broker, event)
+
+    # --- what the handlers call -----------------------------------------------------------
+
+    async def follow_requested(self, request: BlueskyFollowRequested) -> None:
+        self.metrics.requests.labels(NETWORK).inc()
+        await self.intake.submit(request)
+
+    async def erase(self, person_id: str) -> None:
+        had_link = await self.linker.erase(person_id)
+        self.log.info("person erased", had_link=had_link)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _on_recorded(self, report: IntakeReport) -> None:
+        if report.actors_with_work:
+            self.scheduler.notify(report.actors_with_work)
+        if report.new_results:
+            self.outbox.wake()
+
+    async def _on_broken(self, account: AccountRow, reason: str) -> None:
+        del reason  # logged by the scheduler; the event says only "credential_revoked"
+        await self._announce_broken(account)
+
+    async def _announce_broken(self, account: AccountRow) -> None:
+        event = IdentityUnlinked(
+            region=self.settings.region,
+            person_id=account.person_id,
+            network=NETWORK,
+            account=account.did,
+            reason="credential_revoked",
+        )
+        try:
+            await self.publish(event)
+        except Exception as error:  # noqa: BLE001 - republished at the next start
+            self.log.warning("identity.unlinked not published yet", error=type(error).__name__)
+
+    async def rotate_credentials(self) -> int:
+        """Re-encrypt credentials stored under an older key with the first key."""
+        rows = await asyncio.to_thread(self.store.credentials_to_rotate, self.cipher.key_id)
+        done = 0
+        for row in rows:
+            try:
+                app_password = self.cipher.rotate(row.app_password)
+                access = self.cipher.rotate(row.access_jwt) if row.access_jwt else None
+                refresh = self.cipher.rotate(row.refresh_jwt) if row.refresh_jwt else None
+            except CredentialError:
+                self.log.exception(
+                    "a stored credential cannot be decrypted with the configured keys"
+                )
+                continue
+            if await asyncio.to_thread(
+                functools.partial(
+                    self.store.save_rotated,
+                    row.did,
+                    old_key_id=row.key_id,
+                    key_id=self.cipher.key_id,
+                    app_password=app_password,
+                    access_jwt=access,
+                    refresh_jwt=refresh,
+                )
+            ):
+                done += 1
+        if done:
+            self.log.info("credentials re-encrypted with the current key", accounts=done)
+        return done
+
+    async def _metrics_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            with contextlib.suppress(Exception):
+                await self._update_gauges()
+                now = self.clock.now()
+                if now - last_prune > HOUR:
+                    await asyncio.to_thread(self.store.prune_spends, now - DAY - 60)
+                    last_prune = now
+            await asyncio.sleep(self.settings.bluesky_metrics_interval_seconds)
+
+    async def _update_gauges(self) -> None:
+        counts = await asyncio.to_thread(self.store.counts)
+        m = self.metrics
+        for state in ("pending", "in_flight", "paused"):
+            m.backlog.labels(NETWORK, state).set(counts.get(state, 0))
+        for state in ("active", "broken"):
+            m.accounts.labels(NETWORK, state).set(counts.get(f"accounts_{state}", 0))
+        now = self.clock.now()
+        busy = [s for s in list(self.scheduler.states.values()) if s.open_rows > 0 and s.active]
+        m.accounts.labels(NETWORK, "with_backlog").set(len(busy))
+        limits = {
+            "hour": (HOUR, self.settings.bluesky_points_per_hour),
+            "day": (DAY, self.settings.bluesky_points_per_day),
+        }
+        for name, (window, limit) in limits.items():
+            m.points_used.labels(NETWORK, name).set(sum(s.budget.used(now, window) for s in busy))
+            m.points_allowed.labels(NETWORK, name).set(limit * len(busy))
