@@ -37,7 +37,7 @@ MESSAGES: Final[dict[str, str]] = {
     ),
     "missing_follow_files": (
         "The archive has no list of your followers or of the accounts you follow "
-        "(%(missing)s is missing). " + _HOW_TO_REQUEST
+        "(%(missing)s not found). " + _HOW_TO_REQUEST
     ),
     "missing_account": (
         "The archive has no account file (data/account.js), so it cannot tell whose "

@@ -160,7 +160,7 @@ def _require(selected: list[_Wanted]) -> None:
     kinds = {w.kind for w in selected}
     if not kinds & {"follower", "following"}:
         raise MissingFollowFilesError(
-            "no follow files", missing="data/follower.js, data/following.js"
+            "no follow files", missing="data/follower.js and data/following.js"
         )
     for kind in KINDS:
         if kind not in kinds:
