@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from passerelle_cli.archive import archive_app
+from passerelle_cli.deadletters import deadletters_app
 
 app = typer.Typer(
     name="passerelle",
@@ -20,3 +21,4 @@ def _root() -> None:
 
 
 app.add_typer(archive_app, name="archive")
+app.add_typer(deadletters_app, name="deadletters")
