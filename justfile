@@ -60,3 +60,13 @@ bench name="" *args: setup
         exit 0
     fi
     exec uv run --no-sync python -m "tests.benchmarks.bench_{{ name }}" {{ args }}
+
+# Operations: render and validate every k8s overlay, lint the Dockerfiles, check alert rules and dashboards against what the running services export
+k8s-check: setup
+    deploy/ops/install-tools
+    uv run --no-sync pytest tests/ops -q -rs
+
+# Rewrite the files of deploy/ derived from others (the PrometheusRule from the alert rule file)
+ops-generate:
+    deploy/ops/install-tools
+    var/ops-tools/bin/python deploy/ops/generate.py

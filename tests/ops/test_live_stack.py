@@ -1,0 +1,247 @@
+"""The four services on a real nats-server, as Kubernetes runs them, checked from outside:
+
+- every metric a dashboard or an alert rule reads is exported by a running service
+  (or is one of the few that Prometheus, the NATS exporter or CloudNativePG export,
+  listed in external_metrics.py);
+- no metric label carries personal data;
+- traces go out over OTLP (as to the collector in k8s) and one request to the edge
+  that asks the other services over NATS is one trace across the processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ops.external_metrics import ALLOWED, NATS_VARZ_PREFIX
+from tests.ops.promql import metric_names
+from tests.ops.queries import dashboard_queries, rule_queries
+from tests.support.nats import NatsServer
+from tests.support.services import SCRIPTS, ServiceProcess
+
+pytestmark = pytest.mark.e2e
+
+SECRET_KEY = "ops-test-session-key-4f1c9a7e2b"
+ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
+@dataclass
+class Span:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class OtlpCollector:
+    """An OTLP/HTTP trace receiver on loopback (protobuf), like the collector's."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                collector.add(request)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def add(self, request: ExportTraceServiceRequest) -> None:
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append(
+                            Span(
+                                service=resource.get("service.name", ""),
+                                name=span.name,
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_id=span.parent_span_id.hex(),
+                                attributes={a.key: str(a.value) for a in span.attributes},
+                            )
+                        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Stack:
+    nats: NatsServer
+    collector: OtlpCollector
+    services: dict[str, ServiceProcess]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("ops-stack")
+    nats = NatsServer(work / "jetstream").start()
+    collector = OtlpCollector()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "PASSERELLE_SECRET_KEY": SECRET_KEY,
+        "PASSERELLE_ENCRYPTION_KEYS": ENCRYPTION_KEY,
+        "PASSERELLE_REGION": "fr",
+    }
+    services = {s: ServiceProcess(s, nats.url, work, env) for s in SCRIPTS}
+    try:
+        for process in services.values():
+            process.start()
+        for process in services.values():
+            process.wait_http("/readyz", timeout=90)
+        yield Stack(nats, collector, services)
+    finally:
+        for process in services.values():
+            process.stop()
+        collector.stop()
+        nats.stop()
+
+
+def _health(stack: Stack) -> dict[str, Any]:
+    response = httpx.get(stack.services["ingest"].base_url + "/api/health", timeout=10)
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name an exposition can produce (families and their suffixes)."""
+    names: set[str] = set()
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+        "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+        "info": ("_info",),
+    }
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def varz_metric_names(nats: NatsServer) -> set[str]:
+    """The gauges prometheus-nats-exporter makes from this server's /varz."""
+    varz = httpx.get(f"http://127.0.0.1:{nats.monitor_port}/varz", timeout=5).json()
+
+    def walk(node: dict[str, Any], prefix: str) -> Iterator[str]:
+        for key, value in node.items():
+            name = f"{prefix}_{key}" if prefix else key
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                yield name
+            elif isinstance(value, dict):
+                yield from walk(value, name)
+
+    return {NATS_VARZ_PREFIX + name for name in walk(varz, "")}
+
+
+def test_every_metric_in_dashboards_and_rules_is_exported(stack: Stack) -> None:
+    _health(stack)  # one request across all services, so every family has samples
+    exported: set[str] = set()
+    for process in stack.services.values():
+        exported |= exported_names(httpx.get(process.base_url + "/metrics", timeout=5).text)
+    varz = varz_metric_names(stack.nats)
+    used: dict[str, set[str]] = {}
+    for where, expr in [*rule_queries(), *dashboard_queries()]:
+        for name in metric_names(expr):
+            used.setdefault(name, set()).add(where)
+    missing = {
+        name: sorted(places)
+        for name, places in used.items()
+        if name not in exported and name not in ALLOWED and name not in varz
+    }
+    assert not missing, f"used but exported by nothing running: {missing}"
+    assert {n for n in used if n.startswith("passerelle_")}, "dashboards read passerelle metrics"
+    external = sorted(n for n in used if n not in exported)
+    print(f"\nmetrics from outside the services (allow-listed): {external}")
+
+
+def test_metric_labels_carry_no_personal_data(stack: Stack) -> None:
+    _health(stack)
+    for name, process in stack.services.items():
+        text = httpx.get(process.base_url + "/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                for label, value in sample.labels.items():
+                    if label in {"le", "quantile"}:
+                        continue
+                    where = f"{name}: {sample.name}{{{label}={value!r}}}"
+                    assert len(value) <= 64, where
+                    assert "@" not in value, where
+                    assert "did:" not in value, where
+                    assert not value.startswith(("http://", "https://")), where
+                    digits = "".join(ch if ch.isdigit() else " " for ch in value).split()
+                    assert not [d for d in digits if len(d) >= 6], f"id-like value: {where}"
+
+
+def test_one_request_is_one_trace_over_otlp(stack: Stack) -> None:
+    body = _health(stack)
+    assert {s: v["status"] for s, v in body["services"].items()} == dict.fromkeys(
+        ("matching", "bluesky_sender", "mastodon_sender"), "up"
+    ) | ({"ingest": "up"} if "ingest" in body["services"] else {})
+    deadline = time.monotonic() + 20
+    remote_services = {
+        "passerelle-matching",
+        "passerelle-bluesky-sender",
+        "passerelle-mastodon-sender",
+    }
+    while True:
+        with stack.collector.lock:
+            spans = list(stack.collector.spans)
+        roots = [
+            s for s in spans
+            if s.service == "passerelle-ingest" and not s.parent_id and "/api/health" in s.name
+        ]  # fmt: skip
+        if roots:
+            trace = [s for s in spans if s.trace_id == roots[-1].trace_id]
+            if remote_services <= {s.service for s in trace}:
+                break
+        assert time.monotonic() < deadline, (
+            f"no complete trace: {[(s.service, s.name) for s in spans]}"
+        )
+        time.sleep(0.2)
+    edge_span_ids = {s.span_id for s in trace if s.service == "passerelle-ingest"}
+    for service in remote_services:
+        theirs = [s for s in trace if s.service == service]
+        # Each service's handling span is a child of a span the edge made (its request).
+        assert any(s.parent_id in edge_span_ids for s in theirs), service
+        assert all(s.parent_id for s in theirs), f"{service} started a new trace"
+    for span in spans:
+        text = " ".join([span.name, *span.attributes.values()])
+        assert SECRET_KEY not in text, span.name
+        assert ENCRYPTION_KEY not in text, span.name
