@@ -66,7 +66,7 @@ def test_health_up_down_and_back_after_a_nats_restart(
     # The home page tells a person the same.
     page = httpx.get(edge.base_url + "/", timeout=10).text
     for name in SCRIPTS:
-        assert f'<tr data-service="{name}"><td>{name}</td><td class="up">up</td>' in page
+        assert f'<tr data-service="{name}" data-status="up">' in page
 
     stack["matching"].stop()
     wait_for(lambda: statuses(edge)["matching"] == "down", 15, "matching down")
