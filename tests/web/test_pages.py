@@ -255,3 +255,20 @@ def test_delete_everything_needs_confirmation(web: WebEdge) -> None:
         assert done.headers["location"] == "/?erased=1"
     assert web.people.get(person) is None
     assert web.people.accounts(person) == []
+
+
+def test_a_mastodon_server_that_does_not_exist_is_explained_on_the_page(web: WebEdge) -> None:
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    with web.client(Accept=browser) as client:
+        response = client.get(
+            "/auth/mastodon/start", params={"instance": "nowhere.invalid"}, follow_redirects=False
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == "/signin?error=unknown_instance"
+        page = client.get(response.headers["location"] + "&lang=es").text
+        assert "Ningún servidor de Mastodon responde en esta dirección" in text(page)
+    # An API client still gets the JSON error.
+    with web.client() as client:
+        response = client.get("/auth/mastodon/start", params={"instance": "nowhere.invalid"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "unknown_instance"

@@ -2,6 +2,7 @@
 
 import secrets
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -92,16 +93,27 @@ def build_signin_api(settings: Settings, sign_in: SignIn, auth: Auth) -> APIRout
         response.delete_cookie(COOKIE)
         return response
 
+    def back_to_page(request: Request, error: ApiError) -> Response:
+        """A browser (not an API client) goes back to the page, which explains ``error.code``."""
+        if "text/html" not in request.headers.get("accept", ""):
+            raise error
+        page = "/account" if optional_session(request) else "/signin"
+        return RedirectResponse(f"{page}?{urlencode({'error': error.code})}", status_code=303)
+
     @router.get("/auth/mastodon/start")
     async def mastodon_start(
+        request: Request,
         instance: Annotated[str, Query(min_length=3, max_length=253)],
         session: Annotated[Session | None, Depends(optional_session)],
-    ) -> RedirectResponse:
+    ) -> Response:
         """Send the browser to the instance to approve passerelle (OAuth)."""
         instance = instance.strip().lower().removeprefix("https://").removeprefix("@")
         instance = instance.rsplit("@", 1)[-1].strip("/")
         state = secrets.token_urlsafe(24)
-        url = await sign_in.mastodon_authorize(instance, redirect_uri, state)
+        try:
+            url = await sign_in.mastodon_authorize(instance, redirect_uri, state)
+        except ApiError as error:
+            return back_to_page(request, error)
         response = RedirectResponse(url, status_code=303)
         response.set_cookie(
             OAUTH_COOKIE,
@@ -115,14 +127,9 @@ def build_signin_api(settings: Settings, sign_in: SignIn, auth: Auth) -> APIRout
         )
         return response
 
-    @router.get("/auth/mastodon/callback")
-    async def mastodon_callback(
-        request: Request,
-        state: str | None = None,
-        code: str | None = None,
-        error: str | None = None,
-    ) -> Response:
-        """Back from the instance: check ``state``, exchange the code, sign in or link."""
+    async def finish_oauth(
+        request: Request, state: str | None, code: str | None, error: str | None
+    ) -> Proven:
         try:
             saved = oauth_state.loads(
                 request.cookies.get(OAUTH_COOKIE) or "", max_age=OAUTH_MAX_AGE_SECONDS
@@ -137,10 +144,24 @@ def build_signin_api(settings: Settings, sign_in: SignIn, auth: Auth) -> APIRout
             raise ApiError(
                 400, "access_denied", "You did not allow passerelle on your Mastodon instance."
             )
-        proven = await sign_in.mastodon_finish(
+        return await sign_in.mastodon_finish(
             str(saved["i"]), SecretStr(code), redirect_uri, saved.get("p")
         )
-        response = RedirectResponse("/", status_code=303)
+
+    @router.get("/auth/mastodon/callback")
+    async def mastodon_callback(
+        request: Request,
+        state: str | None = None,
+        code: str | None = None,
+        error: str | None = None,
+    ) -> Response:
+        """Back from the instance: check ``state``, exchange the code, sign in or link."""
+        try:
+            proven = await finish_oauth(request, state, code, error)
+        except ApiError as failure:
+            return back_to_page(request, failure)
+        # The web journey's next step (consents, upload or results, as the person stands).
+        response = RedirectResponse("/next", status_code=303)
         response.delete_cookie(OAUTH_COOKIE)
         signed_in(proven, response)
         return response

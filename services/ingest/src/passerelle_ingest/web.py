@@ -50,7 +50,7 @@ from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
 from passerelle_ingest import i18n
 from passerelle_ingest.api import MEMBER_PREFIXES
 from passerelle_ingest.auth import Auth
-from passerelle_ingest.errors import ApiError
+from passerelle_ingest.errors import ARCHIVE_STATUS, ApiError
 from passerelle_ingest.importer import (
     PAYLOAD_TTL_SECONDS,
     ArchiveImporter,
@@ -753,7 +753,7 @@ class _Web:
                 else:
                     return await refuse(400, ui.error("no_archive"), "no_archive")
             except ArchiveError as error:
-                status_code = int(getattr(error, "http_status", 400))
+                status_code = ARCHIVE_STATUS.get(error.code, 400)
                 return await refuse(status_code, ui.archive_error(error), error.code)
             except ImportUnavailableError:
                 return await refuse(503, ui.error("unavailable"), "unavailable")
