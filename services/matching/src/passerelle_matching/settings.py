@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
+
 from passerelle_platform.settings import PlatformSettings
 
 
@@ -9,3 +13,18 @@ class Settings(PlatformSettings):
     """Settings of the matching service."""
 
     http_port: int = 8101
+    trust_archive_claims: bool = False
+    """Auto-follow people whose X identity is only *claimed* by their own archive.
+
+    An archive's ``account.js`` can be edited, so by default only ``verified`` X
+    identities are auto-followed; claimed ones wait for a person to pick them. A
+    closed community (or the local dev stack) may turn this on; the service then
+    warns loudly at start. Disputed identities (two people claiming one X id) are
+    never auto-followed, whatever this says.
+    """
+    tmp_dir: Path | None = None
+    """Where archive payloads are spooled while they are loaded (default: the system's)."""
+    outbox_interval_seconds: float = Field(default=15.0, gt=0)
+    """How often follow requests left unpublished (after a crash, an outage) are retried."""
+    publish_concurrency: int = Field(default=128, ge=1, le=4096)
+    """Follow requests in flight at once while publishing (each waits for its PubAck)."""

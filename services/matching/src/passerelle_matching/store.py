@@ -1,0 +1,894 @@
+"""The matching logic over the service's database: set-based SQL, no per-row loops.
+
+SQL text is assembled here only from this module's own constants and fragments
+(state codes, relation names); every value travels as a bound parameter.
+
+Everything a message or a request changes goes through one method here, in one
+transaction. Writes are serialised (a process lock, and on PostgreSQL a
+transaction-scoped advisory lock shared by every replica), so two events about
+the same people can never both miss a match: the edges of someone who just
+arrived and the directory entry of someone who just linked are always seen
+together by one of the two transactions.
+
+How a match comes to be (``docs/matching.md`` has the long version):
+
+- only from the *owner's* archive: an edge of person P to X id x, in either
+  direction, and a person T (not P) whose own archive claims x, who consents to
+  appear in others' results and has linked the network;
+- with the state ``requested`` at once when P consents to auto-follow, has
+  linked the network (P's account there is the actor) and T's X identity is
+  trusted (``verified``, or ``claimed`` if the operator trusts archive claims);
+  otherwise ``proposed``, for P to pick;
+- everything else is a *refresh* of a scope: the matches of an owner (their
+  edges joined with the directory) or towards a target (the edges pointing at
+  their X id, through an index), inserted or promoted in one statement.
+
+A follow request is an outbox row: ``pending`` is set in the same transaction as
+the state ``requested``; the service publishes and then clears it.
+"""
+
+# ruff: noqa: S608 - see the module docstring: no value is ever formatted into SQL
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import numpy as np
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
+
+from passerelle_contracts.base import Network, stable_id
+from passerelle_contracts.events import Direction, FollowOutcome, follow_id
+from passerelle_contracts.rpc import MatchState, TrustLevel
+from passerelle_matching.edges import EdgeBatch, EdgeLayout, layout_for
+from passerelle_matching.ids import claim_to_db, from_db
+from passerelle_matching.models import (
+    CLAIMED,
+    DIRECTION_BITS,
+    DISPUTED,
+    FOLLOWER,
+    FOLLOWING,
+    NETWORK_CODES,
+    NETWORK_NAMES,
+    PROPOSED,
+    REQUESTED,
+    SELECTED,
+    STATE_CODES,
+    STATE_NAMES,
+    UNACTED,
+    VERIFIED,
+    codes,
+)
+from passerelle_matching.rules import result_target, selection_target, trusted
+
+#: PostgreSQL advisory lock key serialising the service's writes (b"match" as an int).
+ADVISORY_LOCK = 0x6D61746368
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What the store needs of an ``archive.imported`` event."""
+
+    person_id: str
+    region: str
+    import_id: str
+    sent_at: float
+    x_account_id: str
+    x_username: str
+
+
+@dataclass
+class Scope:
+    """Which people's matches an operation may have turned into follow requests."""
+
+    owners: set[int] = field(default_factory=set)
+    targets: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.owners or self.targets)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an event did: ``applied`` is False for stale, duplicate or erased ones."""
+
+    applied: bool
+    scope: Scope = field(default_factory=Scope)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FollowToRequest:
+    """An outbox row, with everything the ``follow.requested`` message needs."""
+
+    person_key: int
+    network_code: int
+    target_key: int
+    person_id: str
+    actor: str
+    target: str
+    target_x_id: str
+    directions: tuple[Direction, ...]
+
+    @property
+    def network(self) -> Network:
+        return NETWORK_NAMES[self.network_code]
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.person_key, self.network_code, self.target_key)
+
+    @property
+    def follow_id(self) -> str:
+        return follow_id(self.person_id, self.network, self.target)
+
+
+@dataclass(frozen=True)
+class ListedMatch:
+    """One row of a match list."""
+
+    target: str
+    handle: str
+    directions: tuple[Direction, ...]
+    state: MatchState
+    trust: TrustLevel
+    reason: str | None
+
+
+def directions_of(mask: int) -> tuple[Direction, ...]:
+    """``3`` → ``("following", "follower")``."""
+    return tuple(d for d, bit in DIRECTION_BITS.items() if mask & bit)
+
+
+def tombstone_digest(person_id: str) -> str:
+    """What is kept of an erased person: a one-way digest of their id."""
+    return stable_id("matching-erased", person_id)
+
+
+class MatchingStore:
+    """The matching service's data and rules (synchronous; call from a thread)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        trust_archive_claims: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.edges: EdgeLayout = layout_for(self.dialect)
+        self.trust_archive_claims = trust_archive_claims
+        self.clock = clock
+        self._lock = threading.Lock()
+        levels: tuple[TrustLevel, ...] = (VERIFIED, CLAIMED, DISPUTED)
+        allowed = [x for x in levels if trusted(x, trust_archive_claims=trust_archive_claims)]
+        self._trusted_sql = "t.trust IN (" + ",".join(f"'{x}'" for x in allowed) + ")"
+
+    # --- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._lock, self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
+            yield connection
+
+    # --- the directory ---------------------------------------------------------------
+
+    def _person(self, c: Connection, person_id: str) -> dict[str, Any] | None:
+        row = (
+            c.execute(
+                text("SELECT * FROM matching_person WHERE person_id = :pid"), {"pid": person_id}
+            )
+            .mappings()
+            .first()
+        )
+        return dict(row) if row is not None else None
+
+    def _erased(self, c: Connection, person_id: str) -> bool:
+        found = c.execute(
+            text("SELECT 1 FROM matching_tombstone WHERE person_digest = :d"),
+            {"d": tombstone_digest(person_id)},
+        ).first()
+        return found is not None
+
+    def _ensure_person(self, c: Connection, person_id: str, region: str) -> dict[str, Any]:
+        now = self.clock()
+        c.execute(
+            text(
+                "INSERT INTO matching_person (person_id, region, x_verified, trust,"
+                " consent_matching, consent_auto_follow, consent_notifications,"
+                " consent_revision, created_at, updated_at)"
+                " VALUES (:pid, :region, false, :claimed, false, false, false, -1, :now, :now)"
+                " ON CONFLICT (person_id) DO NOTHING"
+            ),
+            {"pid": person_id, "region": region, "claimed": CLAIMED, "now": now},
+        )
+        person = self._person(c, person_id)
+        assert person is not None
+        return person
+
+    def _recompute_trust(self, c: Connection, x_ids: Iterable[int | None]) -> set[int]:
+        """Trust of everyone claiming these X ids; returns those people's keys."""
+        keys: set[int] = set()
+        for x in {x for x in x_ids if x is not None}:
+            c.execute(
+                text(
+                    "UPDATE matching_person SET trust = CASE"
+                    " WHEN x_verified THEN :verified"
+                    " WHEN (SELECT count(*) FROM matching_person q"
+                    "       WHERE q.x_id = matching_person.x_id) > 1 THEN :disputed"
+                    " ELSE :claimed END"
+                    " WHERE x_id = :x"
+                ),
+                {"verified": VERIFIED, "disputed": DISPUTED, "claimed": CLAIMED, "x": x},
+            )
+            rows = c.execute(
+                text("SELECT person_key FROM matching_person WHERE x_id = :x"), {"x": x}
+            )
+            keys.update(int(r[0]) for r in rows)
+        return keys
+
+    def _next_import_key(self, c: Connection) -> int:
+        c.execute(text("UPDATE matching_sequence SET value = value + 1 WHERE name = 'import_key'"))
+        value = c.execute(
+            text("SELECT value FROM matching_sequence WHERE name = 'import_key'")
+        ).scalar_one()
+        return int(value)
+
+    # --- deriving matches ------------------------------------------------------------
+
+    def _derived(self, edges: str, where: str) -> str:
+        """The matches the edges in ``edges`` justify, filtered by ``where``.
+
+        Columns: person_key, network, target_key, directions (mask), state (the
+        state a new match starts in), target_account (set when requested).
+        """
+        auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {self._trusted_sql})"
+        return (
+            "SELECT o.person_key AS person_key, a.network AS network,"
+            " t.person_key AS target_key, SUM(DISTINCT e.direction) AS directions,"
+            f" CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END AS state,"
+            f" CASE WHEN {auto} THEN a.account END AS target_account"
+            f" FROM {edges} e"
+            " JOIN matching_person o ON o.import_key = e.import_key"
+            " JOIN matching_person t ON t.x_id = e.x_id"
+            " JOIN matching_account a ON a.person_key = t.person_key AND a.account IS NOT NULL"
+            " LEFT JOIN matching_account oa ON oa.person_key = o.person_key"
+            "  AND oa.network = a.network AND oa.account IS NOT NULL"
+            f" WHERE t.consent_matching AND t.person_key <> o.person_key AND ({where})"
+            " GROUP BY o.person_key, a.network, t.person_key, o.consent_auto_follow,"
+            " oa.account, t.trust, a.account"
+        )
+
+    def _upsert(self, derived: str, *, order: bool = False) -> str:
+        """Insert new matches, update directions, promote to ``requested`` when due."""
+        promote = (
+            f"matching_match.state IN ({SELECTED},{PROPOSED}) AND excluded.state = {REQUESTED}"
+        )
+        order_by = " ORDER BY d.person_key, d.network, d.target_key" if order else ""
+        return (
+            "INSERT INTO matching_match (person_key, network, target_key, directions, state,"
+            " reason, target_account, pending, created_at, updated_at)"
+            " SELECT d.person_key, d.network, d.target_key, d.directions, d.state, NULL,"
+            f" d.target_account, d.state = {REQUESTED}, :now, :now"
+            f" FROM ({derived}) d WHERE true{order_by}"
+            " ON CONFLICT (person_key, network, target_key) DO UPDATE SET"
+            " directions = excluded.directions,"
+            f" state = CASE WHEN {promote} THEN {REQUESTED} ELSE matching_match.state END,"
+            f" pending = CASE WHEN {promote} THEN true ELSE matching_match.pending END,"
+            f" target_account = CASE WHEN {promote} THEN excluded.target_account"
+            " ELSE matching_match.target_account END,"
+            " updated_at = excluded.updated_at"
+            f" WHERE matching_match.directions <> excluded.directions OR ({promote})"
+        )
+
+    def _refresh_owner(self, c: Connection, person_key: int, *, prune: bool) -> None:
+        """Re-derive the matches of one person's own archive (and drop stale unacted ones)."""
+        import_key = c.execute(
+            text("SELECT import_key FROM matching_person WHERE person_key = :p"),
+            {"p": person_key},
+        ).scalar()
+        params = {"import_key": import_key if import_key is not None else -1, "p": person_key}
+        derived = self._derived(self.edges.of_import(), "o.person_key = :p")
+        if prune:
+            c.execute(
+                text(
+                    "DELETE FROM matching_match WHERE person_key = :p"
+                    f" AND state IN ({codes(UNACTED)}) AND (network, target_key) NOT IN"
+                    f" (SELECT network, target_key FROM ({derived}) d)"
+                ),
+                params,
+            )
+        if import_key is not None:
+            c.execute(text(self._upsert(derived)), {**params, "now": self.clock()})
+
+    def _refresh_target(self, c: Connection, person_key: int) -> None:
+        """Find everyone whose own edges point at this person (an indexed lookup)."""
+        x_id = c.execute(
+            text("SELECT x_id FROM matching_person WHERE person_key = :t AND consent_matching"),
+            {"t": person_key},
+        ).scalar()
+        if x_id is None:
+            return
+        derived = self._derived(self.edges.pointing_at(), "t.person_key = :t")
+        c.execute(text(self._upsert(derived)), {"x_id": x_id, "t": person_key, "now": self.clock()})
+
+    def _drop_towards(self, c: Connection, person_key: int, network: int | None = None) -> None:
+        """Remove the unacted matches others have towards this person (on one network)."""
+        on_network = "" if network is None else " AND network = :n"
+        c.execute(
+            text(
+                "DELETE FROM matching_match WHERE target_key = :t"
+                f" AND state IN ({codes(UNACTED)}){on_network}"
+            ),
+            {"t": person_key, "n": network},
+        )
+
+    # --- events ----------------------------------------------------------------------
+
+    def archive_is_current(self, person_id: str, import_id: str, sent_at: float) -> bool:
+        """Whether an ``archive.imported`` still deserves loading (cheap, read-only)."""
+        with self.engine.connect() as c:
+            if self._erased(c, person_id):
+                return False
+            person = self._person(c, person_id)
+        if person is None or person["import_sent_at"] is None:
+            return True
+        if person["import_id"] == import_id:
+            return True  # a redelivery: loading again is harmless and finishes the job
+        return bool(sent_at > person["import_sent_at"])
+
+    def import_archive(
+        self, archive: Archive, batches: Iterable[EdgeBatch], *, match: bool = True
+    ) -> Outcome:
+        """Replace a person's edges with an archive's, atomically, and match them.
+
+        ``batches`` are ascending unsigned X ids per direction (as decoded from
+        the payloads); self-follows are dropped. With ``match=False`` only the
+        edges and the claim are stored (the benchmark's bulk load, followed by
+        :meth:`match_all`).
+        """
+        claimed = claim_to_db(archive.x_account_id)
+        with self._write() as c:
+            if self._erased(c, archive.person_id):
+                return Outcome(applied=False, detail="erased")
+            person = self._ensure_person(c, archive.person_id, archive.region)
+            if (
+                person["import_sent_at"] is not None
+                and person["import_id"] != archive.import_id
+                and archive.sent_at <= person["import_sent_at"]
+            ):
+                return Outcome(applied=False, detail="stale")
+            key = int(person["person_key"])
+            old_x, old_import = person["x_id"], person["import_key"]
+            if old_import is not None:
+                self.edges.delete(c, int(old_import))
+            import_key = self._next_import_key(c)
+            stored = self.edges.write(c, import_key, _without_self(batches, claimed))
+            c.execute(
+                text(
+                    "UPDATE matching_person SET x_id = :x, x_username = :username,"
+                    " import_key = :k, import_id = :iid, import_sent_at = :sent,"
+                    " updated_at = :now WHERE person_key = :p"
+                ),
+                {
+                    "x": claimed,
+                    "username": archive.x_username,
+                    "k": import_key,
+                    "iid": archive.import_id,
+                    "sent": archive.sent_at,
+                    "now": self.clock(),
+                    "p": key,
+                },
+            )
+            claimants = self._recompute_trust(c, (old_x, claimed))
+            scope = Scope(owners={key}, targets=claimants | {key})
+            if match:
+                if old_x != claimed:
+                    self._drop_towards(c, key)
+                self._refresh_owner(c, key, prune=old_import is not None)
+                for target in sorted(claimants | {key}):
+                    self._refresh_target(c, target)
+            return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
+
+    def link_identity(
+        self,
+        person_id: str,
+        region: str,
+        network: Network,
+        account: str,
+        handle: str,
+        sent_at: float,
+    ) -> Outcome:
+        """A person proved an account on a network: they become findable there."""
+        n = NETWORK_CODES[network]
+        with self._write() as c:
+            if self._erased(c, person_id):
+                return Outcome(applied=False, detail="erased")
+            key = int(self._ensure_person(c, person_id, region)["person_key"])
+            row = c.execute(
+                text(
+                    "SELECT account, handle, event_at FROM matching_account"
+                    " WHERE person_key = :p AND network = :n"
+                ),
+                {"p": key, "n": n},
+            ).first()
+            if row is not None and float(row.event_at) > sent_at:
+                return Outcome(applied=False, detail="stale")
+            if row is not None and row.account not in (None, account):
+                # Another account on the same network: unacted matches towards the old
+                # one are re-derived for the new one (requested ones keep their target).
+                self._drop_towards(c, key, n)
+            c.execute(
+                text(
+                    "INSERT INTO matching_account (person_key, network, account, handle, event_at)"
+                    " VALUES (:p, :n, :account, :handle, :at)"
+                    " ON CONFLICT (person_key, network) DO UPDATE SET account = excluded.account,"
+                    " handle = excluded.handle, event_at = excluded.event_at"
+                ),
+                {"p": key, "n": n, "account": account, "handle": handle, "at": sent_at},
+            )
+            self._refresh_target(c, key)
+            self._refresh_owner(c, key, prune=False)
+            return Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
+
+    def unlink_identity(
+        self, person_id: str, network: Network, account: str, sent_at: float
+    ) -> Outcome:
+        """A link ended: no more proposals towards that account, no more requests from it."""
+        n = NETWORK_CODES[network]
+        with self._write() as c:
+            person = self._person(c, person_id)
+            if person is None:
+                return Outcome(applied=False, detail="unknown")
+            key = int(person["person_key"])
+            row = c.execute(
+                text(
+                    "SELECT account, event_at FROM matching_account"
+                    " WHERE person_key = :p AND network = :n"
+                ),
+                {"p": key, "n": n},
+            ).first()
+            if row is None or row.account != account or float(row.event_at) > sent_at:
+                return Outcome(applied=False, detail="stale")
+            c.execute(
+                text(
+                    "UPDATE matching_account SET account = NULL, handle = NULL, event_at = :at"
+                    " WHERE person_key = :p AND network = :n"
+                ),
+                {"p": key, "n": n, "at": sent_at},
+            )
+            self._drop_towards(c, key, n)
+            # Requests not yet published fall back to the selection.
+            c.execute(
+                text(
+                    f"UPDATE matching_match SET state = {SELECTED}, pending = false,"
+                    " target_account = NULL, updated_at = :now"
+                    " WHERE person_key = :p AND network = :n AND pending"
+                ),
+                {"p": key, "n": n, "now": self.clock()},
+            )
+            return Outcome(applied=True)
+
+    def change_consent(
+        self,
+        person_id: str,
+        region: str,
+        *,
+        matching: bool,
+        auto_follow: bool,
+        notifications: bool,
+        revision: int,
+    ) -> Outcome:
+        """Apply a person's consents (the whole set) unless a newer revision is known."""
+        with self._write() as c:
+            if self._erased(c, person_id):
+                return Outcome(applied=False, detail="erased")
+            person = self._ensure_person(c, person_id, region)
+            if revision <= int(person["consent_revision"]):
+                return Outcome(applied=False, detail="stale")
+            key = int(person["person_key"])
+            c.execute(
+                text(
+                    "UPDATE matching_person SET consent_matching = :m, consent_auto_follow = :a,"
+                    " consent_notifications = :nt, consent_revision = :r, updated_at = :now"
+                    " WHERE person_key = :p"
+                ),
+                {
+                    "m": matching,
+                    "a": auto_follow,
+                    "nt": notifications,
+                    "r": revision,
+                    "now": self.clock(),
+                    "p": key,
+                },
+            )
+            scope = Scope()
+            was_matching = bool(person["consent_matching"])
+            if was_matching and not matching:
+                self._drop_towards(c, key)
+            if matching and not was_matching:
+                self._refresh_target(c, key)
+                scope.targets.add(key)
+            if auto_follow and not bool(person["consent_auto_follow"]):
+                self._refresh_owner(c, key, prune=False)
+                scope.owners.add(key)
+            return Outcome(applied=True, scope=scope)
+
+    def record_result(
+        self,
+        person_id: str,
+        network: Network,
+        target: str,
+        follow: str,
+        outcome: FollowOutcome,
+        reason: str | None,
+    ) -> bool:
+        """Move a requested match to what became of it."""
+        if follow != follow_id(person_id, network, target):
+            return False
+        state = STATE_CODES[outcome]
+        # States a result does not move (``rules.result_target``): none, or the successes.
+        kept = [c for s, c in STATE_CODES.items() if result_target(s, outcome) == s != outcome]
+        keep = codes(tuple(kept)) if kept else "-1"
+        with self._write() as c:
+            changed = c.execute(
+                text(
+                    "UPDATE matching_match SET state = :s, reason = :reason, pending = false,"
+                    " updated_at = :now"
+                    " WHERE person_key = (SELECT person_key FROM matching_person"
+                    "                     WHERE person_id = :pid)"
+                    f" AND network = :n AND target_account = :target AND state NOT IN ({keep})"
+                ),
+                {
+                    "s": state,
+                    "reason": reason,
+                    "now": self.clock(),
+                    "pid": person_id,
+                    "n": NETWORK_CODES[network],
+                    "target": target,
+                },
+            ).rowcount
+        return bool(changed)
+
+    def erase(self, person_id: str) -> Outcome:
+        """Forget a person: edges, directory entry, their matches and those towards them."""
+        with self._write() as c:
+            c.execute(
+                text(
+                    "INSERT INTO matching_tombstone (person_digest, erased_at) VALUES (:d, :now)"
+                    " ON CONFLICT (person_digest) DO NOTHING"
+                ),
+                {"d": tombstone_digest(person_id), "now": self.clock()},
+            )
+            person = self._person(c, person_id)
+            if person is None:
+                return Outcome(applied=False, detail="unknown")
+            key = int(person["person_key"])
+            if person["import_key"] is not None:
+                self.edges.delete(c, int(person["import_key"]))
+            c.execute(
+                text("DELETE FROM matching_match WHERE person_key = :p OR target_key = :p"),
+                {"p": key},
+            )
+            c.execute(text("DELETE FROM matching_account WHERE person_key = :p"), {"p": key})
+            c.execute(text("DELETE FROM matching_person WHERE person_key = :p"), {"p": key})
+            others = self._recompute_trust(c, (person["x_id"],))
+            for other in sorted(others):
+                self._refresh_target(c, other)
+            return Outcome(applied=True, scope=Scope(targets=others))
+
+    def match_all(self) -> int:
+        """Derive every match from every edge at once (a rebuild; the benchmark's full match).
+
+        Returns how many matches exist afterwards. Unacted matches no longer
+        justified are removed; acted ones keep their state.
+        """
+        derived = self._derived(self.edges.everything(), "true")
+        with self._write() as c:
+            empty = c.execute(text("SELECT 1 FROM matching_match LIMIT 1")).first() is None
+            if empty and self.dialect == "postgresql":
+                # A first build: one sorted insert, then the target index built in bulk.
+                c.execute(text("DROP INDEX IF EXISTS ix_matching_match_target"))
+                c.execute(text(self._upsert(derived, order=True)), {"now": self.clock()})
+                c.execute(
+                    text(
+                        "CREATE INDEX ix_matching_match_target"
+                        " ON matching_match (target_key, network)"
+                    )
+                )
+            else:
+                c.execute(text("CREATE TEMPORARY TABLE matching_derived AS " + derived))
+                c.execute(
+                    text(
+                        "DELETE FROM matching_match"
+                        f" WHERE state IN ({codes(UNACTED)}) AND NOT EXISTS"
+                        " (SELECT 1 FROM matching_derived d"
+                        "  WHERE d.person_key = matching_match.person_key"
+                        "  AND d.network = matching_match.network"
+                        "  AND d.target_key = matching_match.target_key)"
+                    )
+                )
+                c.execute(
+                    text(self._upsert("SELECT * FROM matching_derived", order=True)),
+                    {"now": self.clock()},
+                )
+                c.execute(text("DROP TABLE matching_derived"))
+            return int(c.execute(text("SELECT count(*) FROM matching_match")).scalar_one())
+
+    # --- the outbox ------------------------------------------------------------------
+
+    def pending_requests(self, scope: Scope | None, limit: int = 500) -> list[FollowToRequest]:
+        """Follow requests to publish (in ``scope``, or anywhere); drops orphaned ones.
+
+        A request whose person has since unlinked the network goes back to
+        ``selected`` (there is no actor to follow with).
+        """
+        where = "m.pending"
+        params: dict[str, Any] = {"limit": limit}
+        expanding: list[BindParameter[Any]] = []
+        if scope is not None:
+            where += " AND (m.person_key IN :owners OR m.target_key IN :targets)"
+            params["owners"] = sorted(scope.owners) or [-1]
+            params["targets"] = sorted(scope.targets) or [-1]
+            expanding = [bindparam("owners", expanding=True), bindparam("targets", expanding=True)]
+        statement = text(
+            "SELECT m.person_key, m.network, m.target_key, p.person_id, oa.account AS actor,"
+            " m.target_account, t.x_id, m.directions"
+            " FROM matching_match m"
+            " JOIN matching_person p ON p.person_key = m.person_key"
+            " JOIN matching_person t ON t.person_key = m.target_key"
+            " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
+            "  AND oa.network = m.network AND oa.account IS NOT NULL"
+            f" WHERE {where} LIMIT :limit"
+        ).bindparams(*expanding)
+        with self.engine.connect() as c:
+            rows = c.execute(statement, params).all()
+        ready: list[FollowToRequest] = []
+        orphans: list[dict[str, int]] = []
+        for r in rows:
+            key = {"p": int(r.person_key), "n": int(r.network), "t": int(r.target_key)}
+            if r.actor is None or r.target_account is None or r.x_id is None:
+                orphans.append(key)
+                continue
+            ready.append(
+                FollowToRequest(
+                    person_key=key["p"],
+                    network_code=key["n"],
+                    target_key=key["t"],
+                    person_id=str(r.person_id),
+                    actor=str(r.actor),
+                    target=str(r.target_account),
+                    target_x_id=from_db(int(r.x_id)),
+                    directions=directions_of(int(r.directions)),
+                )
+            )
+        if orphans:
+            with self._write() as c:
+                c.execute(
+                    text(
+                        f"UPDATE matching_match SET state = {SELECTED}, pending = false,"
+                        " target_account = NULL"
+                        " WHERE person_key = :p AND network = :n AND target_key = :t AND pending"
+                    ),
+                    orphans,
+                )
+        return ready
+
+    def mark_published(self, keys: Sequence[tuple[int, int, int]]) -> None:
+        """The follow requests for these matches reached the stream."""
+        if not keys:
+            return
+        with self.engine.begin() as c:
+            c.execute(
+                text(
+                    "UPDATE matching_match SET pending = false"
+                    " WHERE person_key = :p AND network = :n AND target_key = :t"
+                ),
+                [{"p": p, "n": n, "t": t} for p, n, t in keys],
+            )
+
+    # --- what the edge asks ----------------------------------------------------------
+
+    def summary(self, person_id: str) -> list[tuple[Network, Direction, MatchState, int]]:
+        """Counts per network, direction and state (a mutual match counts in both)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT m.network, m.directions, m.state, count(*) AS n"
+                    " FROM matching_match m JOIN matching_person p ON p.person_key = m.person_key"
+                    " WHERE p.person_id = :pid GROUP BY m.network, m.directions, m.state"
+                ),
+                {"pid": person_id},
+            ).all()
+        counts: dict[tuple[Network, Direction, MatchState], int] = {}
+        for r in rows:
+            for direction in directions_of(int(r.directions)):
+                cell = (NETWORK_NAMES[int(r.network)], direction, STATE_NAMES[int(r.state)])
+                counts[cell] = counts.get(cell, 0) + int(r.n)
+        return [(*cell, n) for cell, n in sorted(counts.items())]
+
+    _LIST_FROM = (
+        " FROM matching_match m"
+        " JOIN matching_person p ON p.person_key = m.person_key"
+        " JOIN matching_person t ON t.person_key = m.target_key"
+        " LEFT JOIN matching_account a ON a.person_key = m.target_key"
+        "  AND a.network = m.network AND a.account IS NOT NULL"
+    )
+    _TARGET = "COALESCE(m.target_account, a.account)"
+    _HANDLE = (
+        "CASE WHEN m.target_account IS NULL OR m.target_account = a.account"
+        " THEN COALESCE(a.handle, a.account) ELSE m.target_account END"
+    )
+
+    def list_matches(
+        self,
+        person_id: str,
+        network: Network,
+        *,
+        direction: Direction | None = None,
+        states: Sequence[MatchState] = (),
+        search: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[ListedMatch]]:
+        """One page of a person's matches on a network, and the total for the filter.
+
+        Mutual matches first, then by handle; ``search`` is a case-insensitive
+        substring of the handle or the account.
+        """
+        where = ["p.person_id = :pid", "m.network = :n"]
+        params: dict[str, Any] = {"pid": person_id, "n": NETWORK_CODES[network]}
+        expanding: list[BindParameter[Any]] = []
+        if direction is not None:
+            where.append("(m.directions & :bit) <> 0")
+            params["bit"] = DIRECTION_BITS[direction]
+        if states:
+            where.append("m.state IN :states")
+            params["states"] = sorted({STATE_CODES[s] for s in states})
+            expanding.append(bindparam("states", expanding=True))
+        if search:
+            pattern = (
+                "%"
+                + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            where.append(
+                f"(lower({self._HANDLE}) LIKE :q ESCAPE '\\'"
+                f" OR lower({self._TARGET}) LIKE :q ESCAPE '\\')"
+            )
+            params["q"] = pattern
+        condition = " WHERE " + " AND ".join(where)
+        count_sql = text("SELECT count(*)" + self._LIST_FROM + condition).bindparams(*expanding)
+        page_sql = text(
+            f"SELECT {self._TARGET} AS target, {self._HANDLE} AS handle, m.directions,"
+            " m.state, m.reason, t.trust"
+            + self._LIST_FROM
+            + condition
+            + f" ORDER BY CASE WHEN m.directions = {FOLLOWING | FOLLOWER} THEN 0 ELSE 1 END,"
+            f" lower({self._HANDLE}), m.target_key LIMIT :limit OFFSET :offset"
+        ).bindparams(*expanding)
+        with self.engine.connect() as c:
+            total = int(c.execute(count_sql, params).scalar_one())
+            rows = c.execute(page_sql, {**params, "limit": limit, "offset": offset}).all()
+        items = [
+            ListedMatch(
+                target=str(r.target),
+                handle=str(r.handle),
+                directions=directions_of(int(r.directions)),
+                state=STATE_NAMES[int(r.state)],
+                trust=cast(TrustLevel, r.trust),
+                reason=r.reason,
+            )
+            for r in rows
+        ]
+        return total, items
+
+    def select(
+        self,
+        person_id: str,
+        network: Network,
+        *,
+        selected: bool,
+        targets: Sequence[str] = (),
+        all_in_direction: Direction | Literal["both"] | None = None,
+    ) -> int:
+        """Select (or decline) matches by target account, or all in a direction.
+
+        Selecting moves ``proposed``/``declined`` to ``selected``; deselecting moves
+        ``proposed``/``selected`` to ``declined`` (never auto-followed later).
+        Selecting *all* leaves out disputed identities: those are picked one by one.
+        """
+        if not targets and all_in_direction is None:
+            return 0
+        n = NETWORK_CODES[network]
+        new = STATE_CODES["selected" if selected else "declined"]
+        old = tuple(
+            c for s, c in STATE_CODES.items() if selection_target(s, selected=selected) is not None
+        )
+        chosen = [
+            (
+                "target_key IN (SELECT person_key FROM matching_account"
+                " WHERE network = :n AND account IN :targets)"
+            ),
+            "target_account IN :targets",
+        ]
+        params: dict[str, Any] = {"n": n, "targets": list(targets) or [""], "now": self.clock()}
+        if all_in_direction is not None:
+            bits = (
+                FOLLOWING | FOLLOWER
+                if all_in_direction == "both"
+                else DIRECTION_BITS[all_in_direction]
+            )
+            everything = f"(directions & {bits}) <> 0"
+            if selected:
+                everything += (
+                    " AND target_key NOT IN (SELECT person_key FROM matching_person"
+                    f" WHERE trust = '{DISPUTED}')"
+                )
+            chosen.append(everything)
+        statement = text(
+            f"UPDATE matching_match SET state = {new}, updated_at = :now"
+            " WHERE person_key = (SELECT person_key FROM matching_person WHERE person_id = :pid)"
+            f" AND network = :n AND state IN ({codes(old)}) AND ({' OR '.join(chosen)})"
+        ).bindparams(bindparam("targets", expanding=True))
+        with self._write() as c:
+            return int(c.execute(statement, {**params, "pid": person_id}).rowcount)
+
+    def request_follows(self, person_id: str, network: Network) -> Outcome:
+        """Turn the person's selection on a network into follow requests."""
+        n = NETWORK_CODES[network]
+        with self._write() as c:
+            person = self._person(c, person_id)
+            if person is None:
+                return Outcome(applied=False, detail="unknown")
+            key = int(person["person_key"])
+            actor = c.execute(
+                text(
+                    "SELECT account FROM matching_account"
+                    " WHERE person_key = :p AND network = :n AND account IS NOT NULL"
+                ),
+                {"p": key, "n": n},
+            ).scalar()
+            if actor is None:
+                return Outcome(applied=False, detail="not linked")
+            target_account = (
+                "(SELECT a.account FROM matching_account a"
+                " WHERE a.person_key = matching_match.target_key"
+                " AND a.network = matching_match.network AND a.account IS NOT NULL)"
+            )
+            changed = c.execute(
+                text(
+                    f"UPDATE matching_match SET state = {REQUESTED}, pending = true,"
+                    f" target_account = {target_account}, updated_at = :now"
+                    f" WHERE person_key = :p AND network = :n AND state = {SELECTED}"
+                    f" AND {target_account} IS NOT NULL"
+                ),
+                {"p": key, "n": n, "now": self.clock()},
+            ).rowcount
+            return Outcome(applied=True, scope=Scope(owners={key}), detail=str(int(changed)))
+
+    # --- inspection (tests, operators, the benchmark) --------------------------------
+
+    def count_edges(self) -> int:
+        """How many edges are stored."""
+        with self.engine.connect() as c:
+            return self.edges.count(c)
+
+
+def _without_self(batches: Iterable[EdgeBatch], own: int | None) -> Iterator[EdgeBatch]:
+    """Drop the person's own X id from their edges (a self-follow is no match)."""
+    if own is None:
+        yield from batches
+        return
+    own_unsigned = np.uint64(own & ((1 << 64) - 1))
+    for direction, ids in batches:
+        if ids.size and bool((ids == own_unsigned).any()):
+            yield direction, ids[ids != own_unsigned]
+        else:
+            yield direction, ids
