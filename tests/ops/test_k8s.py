@@ -194,6 +194,9 @@ def test_nats_is_a_three_node_jetstream_cluster(overlay: str) -> None:
     if overlay == "hub":
         assert "listen: 0.0.0.0:7422" in leaf
         assert by_kind(overlay, "Service")["nats-leafnodes"]["spec"]["type"] == "LoadBalancer"
+        assert "cert_file: $NATS_LEAF_TLS_CERT" in leaf, "leaf links are TLS only"
+        volumes = nats["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "leafnodes-tls", "secret": {"secretName": "nats-leafnodes-tls"}} in volumes
         assert (
             server_env["NATS_LEAF_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
             == "nats-leafnodes"
