@@ -1,6 +1,7 @@
 """The matching service process: wiring only (read this first).
 
-Settings → runtime (logging, tracing, metrics, database, NATS) → handlers → HTTP.
+Settings → runtime (logging, tracing, metrics, database, NATS) → service →
+handlers → HTTP.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from passerelle_contracts.streams import (
 )
 from passerelle_matching import __version__
 from passerelle_matching.handlers import build_router
+from passerelle_matching.service import MatchingService
 from passerelle_matching.settings import Settings
 from passerelle_platform.runtime import ServiceRuntime
 from passerelle_platform.settings import settings_or_exit
@@ -28,9 +30,14 @@ CONSUMERS = (
     MATCHING_RESULTS,
     MATCHING_ERASURES,
 )
+TRUST_WARNING = (
+    "PASSERELLE_TRUST_ARCHIVE_CLAIMS is ON: X identities claimed by an archive alone "
+    "(account.js can be edited) will be AUTO-FOLLOWED. Only for a closed community or "
+    "local development; never on a public node."
+)
 
 
-def create_runtime(settings: Settings) -> ServiceRuntime:
+def create_service(settings: Settings) -> MatchingService:
     """Everything the process runs, without starting it (tests use this too)."""
     runtime = ServiceRuntime(
         SERVICE,
@@ -39,8 +46,18 @@ def create_runtime(settings: Settings) -> ServiceRuntime:
         consumers=CONSUMERS,
         migrations=Path(__file__).parent / "migrations",
     )
-    runtime.include(build_router(runtime))
-    return runtime
+    if settings.trust_archive_claims:
+        runtime.log.warning(TRUST_WARNING, setting="trust_archive_claims")
+    service = MatchingService(runtime, settings)
+    runtime.include(build_router(service))
+    runtime.on_connected.append(service.start_drainer)
+    runtime.on_shutdown.append(service.stop_drainer)
+    return service
+
+
+def create_runtime(settings: Settings) -> ServiceRuntime:
+    """The process's runtime (its service is reachable from the handlers)."""
+    return create_service(settings).runtime
 
 
 def main() -> None:

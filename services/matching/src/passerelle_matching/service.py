@@ -1,0 +1,382 @@
+"""The matching service's behaviour around its store: messages in, follow requests out.
+
+Handlers call one method here per message or request. Database work runs in a
+thread (the store is synchronous); follow requests are published after the
+transaction that created them commits, from the outbox (``pending`` rows), so a
+crash between the two only delays them: the next delivery of the message, or
+the periodic drain, publishes what is left, and ``Nats-Msg-Id`` (the follow id)
+makes a second publication a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from passerelle_contracts import (
+    ArchiveImported,
+    BlueskyFollowRequested,
+    ConsentChanged,
+    FollowRequested,
+    FollowResult,
+    IdentityLinked,
+    IdentityUnlinked,
+    MastodonFollowRequested,
+    UserErased,
+)
+from passerelle_contracts.rpc import (
+    CountReply,
+    MatchCount,
+    MatchItem,
+    MatchListReply,
+    MatchListRequest,
+    MatchRequestFollows,
+    MatchSelectRequest,
+    MatchSummaryReply,
+    MatchSummaryRequest,
+)
+from passerelle_matching.edges import EdgeBatch
+from passerelle_matching.models import FOLLOWER, FOLLOWING
+from passerelle_matching.settings import Settings
+from passerelle_matching.store import Archive, FollowToRequest, MatchingStore, Outcome, Scope
+from passerelle_platform.broker import publish_event
+from passerelle_platform.runtime import ServiceRuntime
+from passerelle_xarchive import iter_payload_arrays
+
+OUTBOX_BATCH = 500
+DECODE_CHUNK_IDS = 1 << 16
+
+
+class PayloadMismatchError(Exception):
+    """The payloads fetched do not hash to the announced ``payload_sha256``."""
+
+
+class MatchingMetrics:
+    """The service's own metrics (no personal data in labels)."""
+
+    def __init__(self, runtime: ServiceRuntime, settings: Settings) -> None:
+        registry = runtime.metrics.registry
+        self.events = Counter(
+            "passerelle_matching_events_total",
+            "Events handled, by kind and whether they changed anything.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.edges = Counter(
+            "passerelle_matching_archive_edges_total",
+            "Edges loaded from archives.",
+            registry=registry,
+        )
+        self.import_seconds = Histogram(
+            "passerelle_matching_archive_import_seconds",
+            "Time to fetch, load and match one archive.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.requests = Counter(
+            "passerelle_matching_follow_requests_published_total",
+            "Follow requests published (a republication after a crash counts again).",
+            ["network"],
+            registry=registry,
+        )
+        trust = Gauge(
+            "passerelle_matching_trust_archive_claims",
+            "1 when X identities claimed by an archive alone are auto-followed.",
+            registry=registry,
+        )
+        trust.set(1 if settings.trust_archive_claims else 0)
+
+
+class MatchingService:
+    """What the matching process does with each message and request."""
+
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        settings: Settings,
+        store: MatchingStore | None = None,
+    ) -> None:
+        if store is None:
+            if runtime.engine is None:
+                raise ValueError("the matching service needs its database")
+            store = MatchingStore(
+                runtime.engine, trust_archive_claims=settings.trust_archive_claims
+            )
+        self.runtime = runtime
+        self.settings = settings
+        self.store = store
+        self.log = runtime.log
+        self.metrics = MatchingMetrics(runtime, settings)
+        self._flush_lock = asyncio.Lock()
+        self._drainer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[int]] = set()
+
+    # --- events ----------------------------------------------------------------------
+
+    async def on_archive(self, event: ArchiveImported) -> Outcome:
+        """Fetch the two payloads, replace the person's edges, match, request follows."""
+        started = time.perf_counter()
+        sent_at = event.sent_at.timestamp()
+        current = await asyncio.to_thread(
+            self.store.archive_is_current, event.person_id, event.import_id, sent_at
+        )
+        if not current:
+            return self._counted("archive", Outcome(applied=False, detail="stale"))
+        archive = Archive(
+            person_id=event.person_id,
+            region=event.region,
+            import_id=event.import_id,
+            sent_at=sent_at,
+            x_account_id=event.x_account_id,
+            x_username=event.x_username,
+        )
+        with tempfile.TemporaryDirectory(prefix="matching-", dir=self.settings.tmp_dir) as tmp:
+            following, followers = Path(tmp) / "following", Path(tmp) / "followers"
+            await self._fetch(event, following, followers)
+            await asyncio.to_thread(_check_digest, event.payload_sha256, following, followers)
+            outcome = await asyncio.to_thread(
+                self.store.import_archive, archive, _decode(following, followers)
+            )
+        if outcome.applied:
+            self.metrics.edges.inc(int(outcome.detail.split()[0]))
+        await self.flush(outcome.scope)
+        self.metrics.import_seconds.observe(time.perf_counter() - started)
+        self.log.info(
+            "archive loaded",
+            import_id=event.import_id,
+            edges=outcome.detail,
+            applied=outcome.applied,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return self._counted("archive", outcome)
+
+    async def _fetch(self, event: ArchiveImported, following: Path, followers: Path) -> None:
+        """Stream both objects to files (never the whole payload in memory)."""
+        object_store = await self.runtime.broker.connection.jetstream().object_store(event.bucket)
+        for name, path in (
+            (event.following_object, following),
+            (event.followers_object, followers),
+        ):
+            with path.open("wb") as handle:
+                await object_store.get(name, writeinto=handle)
+
+    async def on_identity_linked(self, event: IdentityLinked) -> Outcome:
+        outcome = await asyncio.to_thread(
+            self.store.link_identity,
+            event.person_id,
+            event.region,
+            event.network,
+            event.account,
+            event.handle,
+            event.sent_at.timestamp(),
+        )
+        await self.flush(outcome.scope)
+        return self._counted("identity.linked", outcome)
+
+    async def on_identity_unlinked(self, event: IdentityUnlinked) -> Outcome:
+        outcome = await asyncio.to_thread(
+            self.store.unlink_identity,
+            event.person_id,
+            event.network,
+            event.account,
+            event.sent_at.timestamp(),
+        )
+        return self._counted("identity.unlinked", outcome)
+
+    async def on_consent(self, event: ConsentChanged) -> Outcome:
+        outcome = await asyncio.to_thread(
+            lambda: self.store.change_consent(
+                event.person_id,
+                event.region,
+                matching=event.matching,
+                auto_follow=event.auto_follow,
+                notifications=event.notifications,
+                revision=event.revision,
+            )
+        )
+        await self.flush(outcome.scope)
+        return self._counted("consent.changed", outcome)
+
+    async def on_result(self, event: FollowResult) -> bool:
+        changed = await asyncio.to_thread(
+            self.store.record_result,
+            event.person_id,
+            event.network,
+            event.target,
+            event.follow_id,
+            event.outcome,
+            event.reason,
+        )
+        self.metrics.events.labels("follow.result", "applied" if changed else "ignored").inc()
+        return changed
+
+    async def on_erasure(self, event: UserErased) -> Outcome:
+        outcome = await asyncio.to_thread(self.store.erase, event.person_id)
+        await self.flush(outcome.scope)
+        self.log.info("person erased", known=outcome.applied)
+        return self._counted("user.erased", outcome)
+
+    def _counted(self, kind: str, outcome: Outcome) -> Outcome:
+        label = "applied" if outcome.applied else (outcome.detail or "ignored")
+        self.metrics.events.labels(kind, label).inc()
+        return outcome
+
+    # --- requests from the edge --------------------------------------------------------
+
+    async def summary(self, request: MatchSummaryRequest) -> MatchSummaryReply:
+        rows = await asyncio.to_thread(self.store.summary, request.person_id)
+        return MatchSummaryReply(
+            region=self.settings.region,
+            counts=tuple(
+                MatchCount(network=n, direction=d, state=s, count=c) for n, d, s, c in rows
+            ),
+        )
+
+    async def list_matches(self, request: MatchListRequest) -> MatchListReply:
+        total, rows = await asyncio.to_thread(
+            lambda: self.store.list_matches(
+                request.person_id,
+                request.network,
+                direction=request.direction,
+                states=request.states,
+                search=request.search,
+                offset=request.offset,
+                limit=request.limit,
+            )
+        )
+        items = tuple(
+            MatchItem(
+                target=r.target,
+                handle=r.handle,
+                directions=r.directions,
+                state=r.state,
+                trust=r.trust,
+                reason=r.reason,
+            )
+            for r in rows
+        )
+        return MatchListReply(region=self.settings.region, total=total, items=items)
+
+    async def select(self, request: MatchSelectRequest) -> CountReply:
+        count = await asyncio.to_thread(
+            lambda: self.store.select(
+                request.person_id,
+                request.network,
+                selected=request.selected,
+                targets=request.targets,
+                all_in_direction=request.all_in_direction,
+            )
+        )
+        return CountReply(region=self.settings.region, count=count)
+
+    async def request_follows(self, request: MatchRequestFollows) -> CountReply:
+        outcome = await asyncio.to_thread(
+            self.store.request_follows, request.person_id, request.network
+        )
+        count = int(outcome.detail) if outcome.applied else 0
+        if count:
+            # Answer now; publishing thousands of requests takes longer than a page
+            # wants to wait, and the outbox makes it safe to finish in the background.
+            self._background(self.flush(outcome.scope))
+        return CountReply(region=self.settings.region, count=count)
+
+    # --- the outbox --------------------------------------------------------------------
+
+    async def flush(self, scope: Scope | None) -> int:
+        """Publish the pending follow requests in ``scope`` (``None``: all of them)."""
+        if scope is not None and not scope:
+            return 0
+        published = 0
+        async with self._flush_lock:
+            while True:
+                ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
+                if not ready:
+                    return published
+                await self._publish(ready)
+                await asyncio.to_thread(self.store.mark_published, [r.key for r in ready])
+                published += len(ready)
+                if len(ready) < OUTBOX_BATCH:
+                    return published
+
+    async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
+        gate = asyncio.Semaphore(self.settings.publish_concurrency)
+
+        async def one(request: FollowToRequest) -> None:
+            async with gate:
+                await publish_event(self.runtime.broker, self.follow_requested(request))
+            self.metrics.requests.labels(request.network).inc()
+
+        await asyncio.gather(*(one(r) for r in requests))
+
+    def follow_requested(self, request: FollowToRequest) -> FollowRequested:
+        """The ``follow.requested.<network>`` message for an outbox row."""
+        cls = BlueskyFollowRequested if request.network == "bluesky" else MastodonFollowRequested
+        return cls(
+            region=self.settings.region,
+            follow_id=request.follow_id,
+            person_id=request.person_id,
+            actor=request.actor,
+            target=request.target,
+            target_x_id=request.target_x_id,
+            directions=request.directions,
+        )
+
+    async def start_drainer(self) -> None:
+        """Publish leftovers now and every ``outbox_interval_seconds`` (after a crash...)."""
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain_forever(), name="matching-outbox")
+
+    async def stop_drainer(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+            self._drainer = None
+
+    async def _drain_forever(self) -> None:
+        while True:
+            try:
+                published = await self.flush(None)
+                if published:
+                    self.log.info("outbox drained", published=published)
+            except Exception as error:  # noqa: BLE001 - try again at the next tick
+                self.log.warning("outbox drain failed", error=type(error).__name__)
+            await asyncio.sleep(self.settings.outbox_interval_seconds)
+
+    def _background(self, work: Coroutine[Any, Any, int]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[int]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                # The outbox keeps the rows; the periodic drain publishes them.
+                self.log.warning("flush failed", error=type(finished.exception()).__name__)
+
+        task.add_done_callback(done)
+
+
+def _check_digest(expected: str, *paths: Path) -> None:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise PayloadMismatchError("archive payloads do not match their sha256")
+
+
+def _decode(following: Path, followers: Path) -> Iterator[EdgeBatch]:
+    """The payloads as batches of ascending ids, one direction after the other."""
+    for direction, path in ((FOLLOWING, following), (FOLLOWER, followers)):
+        with path.open("rb") as handle:
+            for ids in iter_payload_arrays(handle, chunk_ids=DECODE_CHUNK_IDS):
+                yield direction, ids
