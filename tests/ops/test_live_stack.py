@@ -211,9 +211,9 @@ def test_metric_labels_carry_no_personal_data(stack: Stack) -> None:
 
 def test_one_request_is_one_trace_over_otlp(stack: Stack) -> None:
     body = _health(stack)
-    assert {s: v["status"] for s, v in body["services"].items()} == dict.fromkeys(
-        ("matching", "bluesky_sender", "mastodon_sender"), "up"
-    ) | ({"ingest": "up"} if "ingest" in body["services"] else {})
+    statuses = {name: service["status"] for name, service in body["services"].items()}
+    assert {"matching", "bluesky_sender", "mastodon_sender"} <= set(statuses)
+    assert set(statuses.values()) == {"up"}, statuses
     deadline = time.monotonic() + 20
     remote_services = {
         "passerelle-matching",
