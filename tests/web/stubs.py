@@ -184,7 +184,7 @@ class StubServices:
             return LinkReply(
                 region=request.region,
                 network="bluesky",
-                error=RpcError(code="invalid_credentials", message="wrong handle or password"),
+                error=RpcError(code="wrong_password", message="wrong app password"),
             )
         return LinkReply(
             region=request.region, network="bluesky", account=did, handle=request.identifier

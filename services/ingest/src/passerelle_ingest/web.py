@@ -43,6 +43,7 @@ from passerelle_contracts.rpc import (
     MatchListRequest,
     MatchRequestFollows,
     MatchSelectRequest,
+    MatchState,
     MatchSummaryReply,
     MatchSummaryRequest,
 )
@@ -157,6 +158,18 @@ ERROR_MESSAGES: Final = {
         "Bluesky did not accept this handle and app password. Check both, or create a new "
         "app password."
     ),
+    "wrong_password": N_(
+        "Bluesky did not accept this handle and app password. Check both, or create a new "
+        "app password."
+    ),
+    "identity_mismatch": N_(
+        "Bluesky signed in another account than this handle. Check the handle and try again."
+    ),
+    "account_unavailable": N_("This Bluesky account is suspended or deactivated."),
+    "registration_refused": N_(
+        "This Mastodon server refused to let passerelle register. Ask its administrators, "
+        "or download the Mastodon import file instead."
+    ),
     "not_app_password": N_(
         "This is your main Bluesky password. Please create an app password instead, as "
         "explained below."
@@ -214,6 +227,11 @@ REASON_MESSAGES: Final = {
     "account_takendown": N_("your account was taken down"),
     "account_deactivated": N_("your account is deactivated"),
     "account_suspended": N_("your account is suspended"),
+    "target_deactivated": N_("the account is deactivated"),
+    "target_takendown": N_("the account was taken down"),
+    "target_suspended": N_("the account is suspended"),
+    "remote_error": N_("the network refused, without saying why"),
+    "reauthorize_required": N_("your Mastodon server asks for the permission again"),
 }
 OTHER_REASON: Final = N_("another reason (%(code)s)")
 
@@ -1005,6 +1023,11 @@ class _Web:
         return HTMLResponse(page, headers=HEADERS)
 
     async def progress(self, ui: Ui, visitor: Visitor, person: Person) -> dict[str, Any]:
+        """Per network: people followed, waiting, failed (and why); each person counted once.
+
+        The summary counts per direction (someone who was both followed and a follower
+        is in both); the lists' totals count people.
+        """
         summary = await self.ask_matching(
             MatchSummaryRequest(region=self.settings.region, person_id=person.id),
             MatchSummaryReply,
@@ -1013,11 +1036,24 @@ class _Web:
         networks = []
         now = datetime.now(UTC)
         for network in self.linked_networks(visitor):
-            followed = counts.of(network, "followed", "already_following")
-            waiting = counts.of(network, "requested")
-            failed = counts.of(network, "failed")
-            if followed + waiting + failed == 0:
+            if counts.of(network, "followed", "already_following", "requested", "failed") == 0:
                 continue
+
+            async def people(*states: MatchState, limit: int = 1) -> MatchListReply:
+                return await self.ask_matching(
+                    MatchListRequest(
+                        region=self.settings.region,
+                        person_id=person.id,
+                        network=network,  # noqa: B023 - awaited within this iteration
+                        states=states,
+                        limit=limit,
+                    ),
+                    MatchListReply,
+                )
+
+            followed = (await people("followed", "already_following")).total
+            waiting = (await people("requested")).total
+            failures = await people("failed", limit=500)
             view: dict[str, Any] = {
                 "name": network,
                 "label": NETWORK_LABELS[network],
@@ -1025,7 +1061,7 @@ class _Web:
                 "followed": ui.formats.number(followed),
                 "waiting": ui.formats.number(waiting),
                 "waiting_n": waiting,
-                "failed": ui.formats.number(failed),
+                "failed": ui.formats.number(failures.total),
                 "done": waiting == 0,
                 "reasons": [],
             }
@@ -1038,19 +1074,8 @@ class _Web:
                     eta_when=ui.formats.datetime(finish),
                     eta_iso=finish.isoformat(timespec="seconds"),
                 )
-            if failed:
-                failures = await self.ask_matching(
-                    MatchListRequest(
-                        region=self.settings.region,
-                        person_id=person.id,
-                        network=network,
-                        states=("failed",),
-                        limit=500,
-                    ),
-                    MatchListReply,
-                )
-                reasons = Counter(ui.reason(item.reason) for item in failures.items)
-                view["reasons"] = [(r, ui.formats.number(n)) for r, n in reasons.most_common()]
+            reasons = Counter(ui.reason(item.reason) for item in failures.items)
+            view["reasons"] = [(r, ui.formats.number(n)) for r, n in reasons.most_common()]
             networks.append(view)
         return {"networks": networks, "done": all(n["done"] for n in networks)}
 
