@@ -205,3 +205,15 @@ async def test_erasure_removes_everything_here_and_tells_everyone(edge: Edge) ->
             assert db.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
     gone = await edge.client.get(f"/api/archive/{uploaded.json()['import_id']}")
     assert gone.status_code == 401
+
+
+async def test_metrics_count_imports_rejections_and_edges(edge: Edge) -> None:
+    registry = edge.runtime.metrics.registry
+    await upload_zip(edge, archive_bytes(ArchiveSpec(followers=40, following=7)))
+    await upload_zip(edge, b"not a zip at all")
+    value = registry.get_sample_value
+    assert (
+        value("passerelle_archives_imported_total", {"upload": "zip", "outcome": "published"}) == 1
+    )
+    assert value("passerelle_archives_rejected_total", {"reason": "not_a_zip"}) == 1
+    assert value("passerelle_edges_ingested_total", {"direction": "follower"}) == 40

@@ -11,6 +11,7 @@ from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
 from passerelle_ingest.auth import Auth
 from passerelle_ingest.errors import ARCHIVE_STATUS, ApiError
 from passerelle_ingest.importer import ArchiveImporter, ImportUnavailableError
+from passerelle_ingest.metrics import IngestMetrics
 from passerelle_ingest.people import Consents, People
 from passerelle_ingest.sessions import COOKIE, Session
 from passerelle_ingest.settings import Settings
@@ -60,6 +61,7 @@ def build_api(
     people: People,
     importer: ArchiveImporter,
     auth: Auth,
+    metrics: IngestMetrics,
 ) -> APIRouter:
     """Routes of the JSON API."""
     router = APIRouter(prefix="/api")
@@ -116,6 +118,7 @@ def build_api(
         """Upload the whole zip (field ``archive``) or the extracted files (field ``files``)."""
         declared = int(request.headers.get("content-length") or 0)
         if declared > settings.max_upload_bytes:
+            metrics.archives_rejected.labels("archive_too_large").inc()
             raise _too_large(settings)
         form = await request.form(max_files=settings.max_upload_files, max_fields=10)
         try:
@@ -123,6 +126,7 @@ def build_api(
             archive = [u for k, u in uploads if k == "archive"]
             files = [u for k, u in uploads if k == "files"]
             if len(archive) == 1 and not files:
+                upload_kind = "zip"
                 outcome = await importer.import_zip(session.person_id, _stream(archive[0]))
             elif files and not archive:
                 members: list[tuple[str, BinaryIO]] = []
@@ -135,6 +139,7 @@ def build_api(
                             "Only account.js, follower*.js and following*.js are accepted.",
                         )
                     members.append((name, _stream(upload)))
+                upload_kind = "files"
                 outcome = await importer.import_members(session.person_id, members)
             else:
                 raise ApiError(
@@ -143,13 +148,19 @@ def build_api(
                     "Send your X archive as the field 'archive', or its files as 'files'.",
                 )
         except ArchiveError as error:
+            metrics.archives_rejected.labels(error.code).inc()
             raise ApiError(ARCHIVE_STATUS.get(error.code, 400), error.code, error.message) from None
         except ImportUnavailableError:
+            metrics.archives_rejected.labels("unavailable").inc()
             raise ApiError(
                 503, "unavailable", "passerelle cannot take archives right now; try again soon."
             ) from None
         finally:
             await form.close()
+        metrics.archives_imported.labels(upload_kind, outcome.state).inc()
+        if outcome.state == "published":
+            metrics.edges_ingested.labels("following").inc(outcome.following)
+            metrics.edges_ingested.labels("follower").inc(outcome.followers)
         return ImportAccepted(
             import_id=outcome.import_id,
             state=outcome.state,

@@ -17,6 +17,7 @@ from passerelle_ingest.auth import Auth
 from passerelle_ingest.errors import ApiError, api_error_handler
 from passerelle_ingest.importer import ArchiveImporter
 from passerelle_ingest.matches import build_matches_api
+from passerelle_ingest.metrics import IngestMetrics
 from passerelle_ingest.people import People
 from passerelle_ingest.sessions import SessionSigner
 from passerelle_ingest.settings import Settings
@@ -62,7 +63,8 @@ def create_app(settings: Settings) -> tuple[ASGIApp, ServiceRuntime]:
     app.add_exception_handler(ApiError, api_error_handler)
     app.router.routes.extend(runtime.routes())
     auth = Auth(signer, people)
-    app.include_router(build_api(runtime, settings, people, importer, auth))
+    metrics = IngestMetrics(runtime.metrics.registry)
+    app.include_router(build_api(runtime, settings, people, importer, auth, metrics))
     sign_in = SignIn(runtime.broker, people, settings.region)
     app.include_router(build_signin_api(settings, sign_in, auth))
     app.include_router(
