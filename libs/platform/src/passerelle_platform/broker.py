@@ -75,8 +75,8 @@ def make_broker(
     )
 
 
-def stream_config(stream: Stream) -> StreamConfig:
-    """The nats-py configuration for a declared stream."""
+def stream_config(stream: Stream, replicas: int | None = None) -> StreamConfig:
+    """The nats-py configuration for a declared stream (``replicas`` overrides its own)."""
     return StreamConfig(
         name=stream.name,
         description=stream.description,
@@ -86,16 +86,18 @@ def stream_config(stream: Stream) -> StreamConfig:
         max_bytes=stream.max_bytes,
         max_msg_size=stream.max_msg_size,
         storage=StorageType.FILE,
-        num_replicas=stream.replicas,
+        num_replicas=replicas or stream.replicas,
         duplicate_window=float(stream.duplicate_window_seconds),
     )
 
 
-async def ensure_streams(broker: NatsBroker, streams: tuple[Stream, ...] = STREAMS) -> None:
+async def ensure_streams(
+    broker: NatsBroker, streams: tuple[Stream, ...] = STREAMS, *, replicas: int | None = None
+) -> None:
     """Create missing streams and bring existing ones to the declared configuration."""
     js = broker.connection.jetstream()
     for stream in streams:
-        config = stream_config(stream)
+        config = stream_config(stream, replicas)
         try:
             await js.stream_info(stream.name)
         except nats.js.errors.NotFoundError:

@@ -128,7 +128,7 @@ class ServiceRuntime:
         while True:
             try:
                 await self.broker.connect()
-                await ensure_streams(self.broker)
+                await ensure_streams(self.broker, replicas=self.settings.stream_replicas)
                 break
             except Exception as error:  # noqa: BLE001 - keep trying whatever went wrong
                 self.log.warning(

@@ -41,6 +41,8 @@ class PlatformSettings(BaseSettings):
     trace_file: Path | None = None
     """Write spans as JSON lines to this file (tests, debugging); OTLP is set by the
     standard ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """JetStream replicas per stream: 3 on a 3-node NATS cluster in production."""
     request_timeout_seconds: float = Field(default=2.0, gt=0)
     nats_connect_retry_seconds: float = Field(default=1.0, gt=0)
 
