@@ -753,6 +753,50 @@ def hostile_corpus(directory: str | os.PathLike[str]) -> list[HostileCase]:
     add("id-over-u64-in-big-file.zip", _zip_of(_valid_members(follower=over)), "invalid_id")
     floaty = text[: at - 1] + b"1.5e18" + text[end + 1 :]
     add("id-float-in-big-file.zip", _zip_of(_valid_members(follower=floaty)), "invalid_id")
+    # shape and JSON damage deep inside a large canonical file (the vectorised path)
+    mid = text.find(b'"follower" : {', len(text) // 2)
+    for label, edited, code in [
+        ("shape-wrong-key-in-big-file", b'"followers" : {', "unexpected_shape"),
+        ("shape-other-key-in-big-file", b'"followed" : {', "unexpected_shape"),
+    ]:
+        bad = text[:mid] + edited + text[mid + len(b'"follower" : {') :]
+        add(f"{label}.zip", _zip_of(_valid_members(follower=bad)), code)
+    key = text.find(b'"accountId"', len(text) // 3)
+    renamed = text[:key] + b'"accountIdx"' + text[key + len(b'"accountId"') :]
+    add(
+        "shape-renamed-id-key-in-big-file.zip",
+        _zip_of(_valid_members(follower=renamed)),
+        "unexpected_shape",
+    )
+    sep = text.find(b"},\n", len(text) // 2)
+    for label, edited in [
+        ("missing-comma", text[: sep + 1] + text[sep + 2 :]),
+        ("extra-brace", text[: sep + 1] + b"}" + text[sep + 1 :]),
+        ("extra-bracket", text[: sep + 2] + b"[" + text[sep + 2 :]),
+        ("doubled-comma", text[: sep + 2] + b"," + text[sep + 2 :]),
+    ]:
+        add(
+            f"json-{label}-in-big-file.zip", _zip_of(_valid_members(follower=edited)), "broken_json"
+        )
+    # same punctuation count, different order: only the exact skeleton catches these
+    link = text.find(b'"userLink" : "', len(text) // 2)
+    swapped = text[:link] + b'"userLink" , "' + text[link + len(b'"userLink" : "') :]
+    add(
+        "json-comma-for-colon-in-big-file.zip",
+        _zip_of(_valid_members(follower=swapped)),
+        "broken_json",
+    )
+    entry = text.rfind(b"  {", 0, mid)
+    bracket = text[:entry] + b"  [" + text[entry + 3 :]
+    add(
+        "json-bracket-for-brace-in-big-file.zip",
+        _zip_of(_valid_members(follower=bracket)),
+        "broken_json",
+    )
+    # malformed ids where the layout is otherwise canonical
+    for label, value in [("letters", b"12a4"), ("empty", b""), ("21-digits", b"1" * 21)]:
+        bad = text[:at] + value + text[end:]
+        add(f"id-{label}-in-big-file.zip", _zip_of(_valid_members(follower=bad)), "invalid_id")
 
     # -- decompression bombs and limits
     spaces = b"window.YTD.follower.part0 = [" + b" " * (40 * 1024 * 1024) + b"]"
