@@ -4,6 +4,15 @@ No I/O here. Services depend on this package and on nothing of each other.
 """
 
 from passerelle_contracts.base import NETWORKS, Event, Message, Network, Reply, Request, stable_id
+from passerelle_contracts.directory import (
+    FEDERATION_EVENTS,
+    DirectoryAccount,
+    DirectoryEntry,
+    DirectoryMessage,
+    DirectoryTombstone,
+    directory_key,
+    directory_subject,
+)
 from passerelle_contracts.events import (
     ALL_EVENTS,
     ArchiveImported,
@@ -32,6 +41,7 @@ __all__ = [
     "ALL_EVENTS",
     "ALL_RPC",
     "CONSUMERS",
+    "FEDERATION_EVENTS",
     "NETWORKS",
     "SERVICES",
     "STREAMS",
@@ -40,6 +50,10 @@ __all__ = [
     "ConsentChanged",
     "Consumer",
     "Direction",
+    "DirectoryAccount",
+    "DirectoryEntry",
+    "DirectoryMessage",
+    "DirectoryTombstone",
     "Event",
     "FollowRequested",
     "FollowResult",
@@ -55,6 +69,8 @@ __all__ = [
     "Request",
     "Stream",
     "UserErased",
+    "directory_key",
+    "directory_subject",
     "follow_id",
     "health_subject",
     "stable_id",

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from passerelle_contracts.directory import FEDERATION_EVENTS
 from passerelle_contracts.events import ALL_EVENTS
 from passerelle_contracts.rpc import ALL_RPC
 
@@ -13,7 +14,7 @@ from passerelle_contracts.rpc import ALL_RPC
 def render_schemas() -> dict[str, str]:
     """File name → JSON text, for every message model (stable, sorted keys)."""
     out: dict[str, str] = {}
-    for model in (*ALL_EVENTS, *ALL_RPC):
+    for model in (*ALL_EVENTS, *FEDERATION_EVENTS, *ALL_RPC):
         schema = model.model_json_schema(mode="serialization")
         schema["x-subject"] = model.subject
         out[f"{model.__name__}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
