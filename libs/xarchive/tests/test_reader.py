@@ -101,7 +101,7 @@ def test_the_fast_path_falls_back_mid_file_and_resumes() -> None:
         expected = set(spec.follower_ids()) | {777, 888, 2**64 - 1}
         assert list(contents.followers) == sorted(expected)
         assert len(contents.following) == 0
-        assert contents.stats.fast_entries > 30_000  # a fallback costs one 4 MiB region
+        assert contents.stats.fast_entries > 59_500  # odd entries cost a small slow region
 
 
 def test_account_keeps_only_id_and_username() -> None:

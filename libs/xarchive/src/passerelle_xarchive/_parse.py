@@ -49,6 +49,7 @@ _FLAT: Final = rb'(?:[^{}"]|' + _STRING + rb")*+"
 _ENTRY_RE: Final = re.compile(rb"\{" + _FLAT + rb"(?:\{" + _FLAT + rb"\}" + _FLAT + rb")*+\}")
 _MAX_ENTRY: Final = 64 * 1024
 _MAX_CARRY: Final = 1024 * 1024
+_SPLIT_MIN: Final = 16 * 1024
 _ID_TEXT_RE: Final = re.compile(r"[0-9]{1,20}")
 _USERNAME_RE: Final = re.compile(r"[A-Za-z0-9_]{1,50}")
 
@@ -191,9 +192,7 @@ class FollowFileParser:
                     b"".join((self._carry, memoryview(data)[:cut])) if self._carry else (data[:cut])
                 )
                 self._carry = data[cut:]
-                if not self._fast(region):
-                    self._template = None
-                    self._carry = self._slow(region, eof=False) + self._carry
+                self._carry = self._region(region) + self._carry
                 if len(self._carry) > _MAX_CARRY:
                     self._carry = self._slow(self._carry, eof=False)
                 return
@@ -250,6 +249,25 @@ class FollowFileParser:
         self._template = region[key_at : match.end()]
         self._template_i = self._template.index(b"accountId") + 7
         return True
+
+    def _region(self, region: bytes) -> bytes:
+        """Parse complete entries, fast where possible; return any unparsed tail.
+
+        A region the fast path refuses is split in two at an entry boundary and
+        each half retried, so one odd entry costs a slow parse of at most
+        :data:`_SPLIT_MIN` bytes around it, not of the whole region.
+        """
+        if self._fast(region):
+            return b""
+        self._template = None  # relearn: the layout may have changed
+        if len(region) > _SPLIT_MIN:
+            middle = region.rfind(b"},", 0, len(region) // 2)
+            if middle > 0:
+                rest = self._region(region[: middle + 2])
+                if rest:  # an entry straddles the halves: no more splitting here
+                    return self._slow(rest + region[middle + 2 :], eof=False)
+                return self._region(region[middle + 2 :])
+        return self._slow(region, eof=False)
 
     def _fast(self, region: bytes) -> bool:
         """Parse a region of complete entries, each followed by ','; False if unsure.
