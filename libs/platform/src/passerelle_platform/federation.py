@@ -60,6 +60,7 @@ from passerelle_contracts.directory import (
     GLOBAL_DIRECTORY,
     HUB_DOMAIN,
     DirectoryMessage,
+    directory_subject,
     region_directory_subjects,
     regional_directory_stream,
 )
@@ -152,6 +153,14 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 class ForgedMessageError(ValueError):
     """A directory message whose subject, payload and provenance disagree."""
+
+
+class ConcurrentPublishError(RuntimeError):
+    """Someone else published on the person's subject since it was read."""
+
+
+#: JetStream's error code for a failed ``Nats-Expected-Last-Subject-Sequence``.
+WRONG_LAST_SEQUENCE = 10071
 
 
 def parse_directory_message(
@@ -283,10 +292,19 @@ class FederationLink:
             with contextlib.suppress(Exception):
                 await self._nc.close()
 
-    async def publish(self, message: DirectoryMessage, *, attempts: int = 5) -> bool:
+    async def publish(
+        self,
+        message: DirectoryMessage,
+        *,
+        expected_last_seq: int | None = None,
+        attempts: int = 5,
+    ) -> bool:
         """Store ``message`` in the region's directory stream; ``False`` if a duplicate.
 
-        Older messages on the same subject are then erased from the stream, so a
+        ``expected_last_seq``: the stream sequence of the person's last message as
+        the caller read it (0: none); if another writer published since, nothing is
+        stored and :class:`ConcurrentPublishError` says so (read again, decide again).
+        Older messages on the subject are then erased from the stream, so a
         tombstone published while the hub is away means the entry never leaves.
         """
         if message.region != self.region:
@@ -295,17 +313,24 @@ class FederationLink:
         assert self._nc is not None
         js = self._nc.jetstream()
         subject = message.directory_subject()
+        headers = {"Nats-Msg-Id": message.dedupe_id()}
+        if expected_last_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
         payload = message.model_dump_json().encode()
         delay = 0.25
         for attempt in range(1, attempts + 1):
             try:
                 ack = await js.publish(
-                    subject,
-                    payload,
-                    stream=self.outbox,
-                    headers={"Nats-Msg-Id": message.dedupe_id()},
-                    timeout=5.0,
+                    subject, payload, stream=self.outbox, headers=headers, timeout=5.0
                 )
+            except nats.js.errors.APIError as error:
+                if error.err_code == WRONG_LAST_SEQUENCE:
+                    raise ConcurrentPublishError(subject) from error
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
                 if attempt == attempts:
                     raise
@@ -317,6 +342,18 @@ class FederationLink:
             self.counters.erased += await erase_superseded(js, self.outbox, subject, ack.seq)
             return not ack.duplicate
         return False  # pragma: no cover - the loop returns or raises
+
+    async def last_published(self, region: str, key: str) -> tuple[int, DirectoryMessage] | None:
+        """The region's last message for ``key`` and its stream sequence, if any."""
+        await self.wait_ready()
+        assert self._nc is not None
+        try:
+            stored = await self._nc.jetstream().get_last_msg(
+                self.outbox, directory_subject(region, key)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return int(stored.seq or 0), _MESSAGE.validate_json(stored.data or b"")
 
     # --- the consumer -------------------------------------------------------------------
 
@@ -472,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
 
 __all__ = [
     "SOURCE_HEADER",
+    "ConcurrentPublishError",
     "FederationLink",
     "ForgedMessageError",
     "LinkCounters",

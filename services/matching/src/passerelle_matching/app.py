@@ -16,6 +16,7 @@ from passerelle_contracts.streams import (
     MATCHING_RESULTS,
 )
 from passerelle_matching import __version__
+from passerelle_matching.federation import create_matching_service
 from passerelle_matching.handlers import build_router
 from passerelle_matching.service import MatchingService
 from passerelle_matching.settings import Settings
@@ -48,7 +49,7 @@ def create_service(settings: Settings) -> MatchingService:
     )
     if settings.trust_archive_claims:
         runtime.log.warning(TRUST_WARNING, setting="trust_archive_claims")
-    service = MatchingService(runtime, settings)
+    service = create_matching_service(runtime, settings)  # federated when configured
     runtime.include(build_router(service))
     runtime.on_connected.append(service.start_drainer)
     runtime.on_shutdown.append(service.stop_drainer)
