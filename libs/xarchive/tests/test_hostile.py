@@ -273,3 +273,23 @@ def test_spill_files_are_removed_on_error(tmp_path: Path) -> None:
     assert _fds_into(spill) == []
     assert list(spill.iterdir()) == []
     assert _open_fds() == before
+
+
+def test_no_inflate_thread_outlives_a_failed_read() -> None:
+    import threading
+
+    data = archive_bytes(ArchiveSpec(followers=200_000, following=10, compression="stored"))
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 20] = b"7" * 20  # digits: only the CRC sees it
+    caught: list[ArchiveError] = []  # keep the traceback (and its frames) alive, as callers do
+    for archive, limits in (
+        (data, ArchiveLimits(max_edges=50_000)),  # raised by the parser (main thread)
+        (bytes(damaged), ArchiveLimits()),  # raised by the inflater (helper thread)
+    ):
+        try:
+            read_archive(io.BytesIO(archive), limits=limits, threaded=True)
+        except ArchiveError as error:
+            caught.append(error)
+        alive = [t.name for t in threading.enumerate() if t.name == "xarchive-inflate"]
+        assert alive == []
+    assert [e.code for e in caught] == ["too_many_edges", "corrupt"]

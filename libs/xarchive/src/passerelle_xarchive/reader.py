@@ -58,6 +58,7 @@ _FILE_RE: Final = re.compile(
 _DRIVE_RE: Final = re.compile(r"[A-Za-z]:")
 _EXTRACTED_READ: Final = 1024 * 1024
 _CONTENT_ERRORS: Final = (BrokenJsonError, UnexpectedShapeError, InvalidIdError)
+_DRAIN_LIMIT: Final = 64 * 1024 * 1024
 KINDS: Final = ("following", "follower")
 
 
@@ -205,10 +206,13 @@ class _Reading:
                 parser.feed(piece)
             parser.close()
         except _CONTENT_ERRORS:
-            # Damaged bytes often look like bad JSON: finish reading the member so a
-            # CRC or deflate failure is reported as what it is (bounded by the caps).
-            for _ in pieces:
-                pass
+            # Damaged bytes often look like bad JSON: read on (a bounded amount) so a
+            # CRC or deflate failure is reported as what it is.
+            drained = 0
+            for piece in pieces:
+                drained += len(piece)
+                if drained > _DRAIN_LIMIT:
+                    break
             raise
         self.stats.fast_entries += parser.fast_entries
 
@@ -229,10 +233,15 @@ class _Reading:
             stack.callback(builder.close)
         for wanted, pieces in files:
             self.stats.members_read += 1
-            if wanted.kind == "account":
-                self.read_account(wanted, pieces)
-            else:
-                self.read_follows(wanted, pieces, builders[wanted.kind])
+            try:
+                if wanted.kind == "account":
+                    self.read_account(wanted, pieces)
+                else:
+                    self.read_follows(wanted, pieces, builders[wanted.kind])
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # stops a prefetch thread before the file is closed
         following = builders["following"].finish()
         stack.callback(following.close)
         followers = builders["follower"].finish()
