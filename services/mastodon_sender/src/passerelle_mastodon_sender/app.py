@@ -9,7 +9,9 @@ from pathlib import Path
 
 from passerelle_contracts.streams import MASTODON_ERASURES, MASTODON_FOLLOWS
 from passerelle_mastodon_sender import __version__
+from passerelle_mastodon_sender.clock import Clock
 from passerelle_mastodon_sender.handlers import build_router
+from passerelle_mastodon_sender.service import MastodonSender
 from passerelle_mastodon_sender.settings import Settings
 from passerelle_platform.runtime import ServiceRuntime
 from passerelle_platform.settings import settings_or_exit
@@ -18,8 +20,11 @@ SERVICE = "mastodon_sender"
 CONSUMERS = (MASTODON_FOLLOWS, MASTODON_ERASURES)
 
 
-def create_runtime(settings: Settings) -> ServiceRuntime:
-    """Everything the process runs, without starting it (tests use this too)."""
+def create_sender(settings: Settings, clock: Clock | None = None) -> MastodonSender:
+    """The sender and its runtime, not started (tests use this to reach the sender).
+
+    ``clock`` replaces the one the settings describe.
+    """
     runtime = ServiceRuntime(
         SERVICE,
         __version__,
@@ -27,8 +32,14 @@ def create_runtime(settings: Settings) -> ServiceRuntime:
         consumers=CONSUMERS,
         migrations=Path(__file__).parent / "migrations",
     )
-    runtime.include(build_router(runtime))
-    return runtime
+    sender = MastodonSender(settings, runtime, clock)
+    runtime.include(build_router(sender))
+    return sender
+
+
+def create_runtime(settings: Settings) -> ServiceRuntime:
+    """Everything the process runs, without starting it."""
+    return create_sender(settings).runtime
 
 
 def main() -> None:

@@ -1,31 +1,45 @@
-"""Thin typed subscribers: turn a message into a call on the sender's logic."""
+"""Thin typed subscribers: turn a message into a call on the sender's logic.
+
+Follow requests are not here: :mod:`passerelle_mastodon_sender.intake` takes them
+in batches.
+"""
 
 from __future__ import annotations
 
-from faststream.exceptions import NackMessage
 from faststream.nats import NatsRouter
 
-from passerelle_contracts import MastodonFollowRequested, UserErased
-from passerelle_contracts.streams import MASTODON_ERASURES, MASTODON_FOLLOWS
+from passerelle_contracts import UserErased
+from passerelle_contracts.rpc import (
+    LinkReply,
+    MastodonAuthorizeReply,
+    MastodonAuthorizeRequest,
+    MastodonLinkRequest,
+    UnlinkReply,
+    UnlinkRequest,
+)
+from passerelle_contracts.streams import MASTODON_ERASURES
+from passerelle_mastodon_sender.service import MastodonSender
 from passerelle_platform.broker import jetstream_subscriber
-from passerelle_platform.runtime import ServiceRuntime
-
-#: Until the ledger exists, follow requests stay queued instead of being dropped.
-NOT_READY_DELAY_SECONDS = 300.0
 
 
-def build_router(runtime: ServiceRuntime) -> NatsRouter:
+def build_router(sender: MastodonSender) -> NatsRouter:
     """The mastodon sender's subscribers."""
     router = NatsRouter()
-    log = runtime.log
-
-    @jetstream_subscriber(router, MASTODON_FOLLOWS)
-    async def on_follow_requested(request: MastodonFollowRequested) -> None:
-        log.info("follow request kept for later", follow_id=request.follow_id)
-        raise NackMessage(delay=NOT_READY_DELAY_SECONDS)
 
     @jetstream_subscriber(router, MASTODON_ERASURES)
     async def on_erasure(event: UserErased) -> None:
-        log.info("erasure received", kind=event.type)
+        await sender.linker.erase(event.person_id)
+
+    @router.subscriber(MastodonAuthorizeRequest.subject)
+    async def on_authorize(request: MastodonAuthorizeRequest) -> MastodonAuthorizeReply:
+        return await sender.linker.authorize(request)
+
+    @router.subscriber(MastodonLinkRequest.subject)
+    async def on_link(request: MastodonLinkRequest) -> LinkReply:
+        return await sender.linker.link(request)
+
+    @router.subscriber("rpc.mastodon.unlink")
+    async def on_unlink(request: UnlinkRequest) -> UnlinkReply:
+        return await sender.linker.unlink(request)
 
     return router

@@ -1,0 +1,677 @@
+"""Following: one lane per account with work, each within its account's budgets.
+
+A lane takes a batch of due rows from the ledger, resolves each target from the
+person's own instance (``/api/v2/search?resolve=true``; ids cached per instance),
+asks ``relationships`` once for the batch, and follows those not yet followed or
+requested — one call at a time per token, so the server's rate headers always
+describe the state we act on. Outcomes are written and published in groups by
+one flusher (an outbox: a result is published after its row is committed, and
+again after a crash until marked published; ``Nats-Msg-Id`` dedupes).
+
+A follow answered ``following: false, requested: false`` (servers that apply
+follows a moment later) counts as made: the call succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from passerelle_contracts import Event, FollowResult, IdentityUnlinked
+from passerelle_mastodon_sender.api import MastodonApi, Reply
+from passerelle_mastodon_sender.budget import AccountBudget, Window, follow_cap
+from passerelle_mastodon_sender.clock import Clock
+from passerelle_mastodon_sender.db import Database
+from passerelle_mastodon_sender.errors import (
+    FollowCapError,
+    MastodonError,
+    NotFoundError,
+    OutOfScopeError,
+    RateLimitedError,
+    RejectedError,
+    TokenRevokedError,
+)
+from passerelle_mastodon_sender.instances import full_acct, normalize_acct
+from passerelle_mastodon_sender.ledger import Claimed, Ledger, Outcome, Result
+from passerelle_mastodon_sender.metrics import SenderMetrics
+from passerelle_mastodon_sender.models import MastodonLink
+from passerelle_mastodon_sender.settings import Settings
+from passerelle_mastodon_sender.store import Store
+from passerelle_mastodon_sender.vault import Vault, VaultError
+
+Publish = Callable[[Event], Awaitable[bool]]
+
+MAX_REFUSALS = 5
+"""429s in a row on one call before its rows are put back for later."""
+RESOLVED_CACHE_SIZE = 200_000
+
+
+@dataclass
+class _Account:
+    """A lane's working view of a link (the token only ever in memory)."""
+
+    person_id: str
+    domain: str
+    acct: str
+    acct_domain: str
+    account_id: str
+    token: str
+    budget: AccountBudget
+    followers: int
+    following: int
+    profile_at: float
+    made: int = 0
+    """Follows made since the counts were read (for the follow cap)."""
+
+
+@dataclass
+class _Lane:
+    more: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Batch:
+    """The rows a lane holds; each leaves ``open`` when it gets an outcome."""
+
+    open: dict[str, Claimed]
+    sent: set[str] = field(default_factory=set)
+    """Rows whose follow call went out (an interruption may have made the follow)."""
+
+
+class Follower:
+    """Schedules follows across accounts and records what became of each."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        db: Database,
+        store: Store,
+        ledger: Ledger,
+        api: MastodonApi,
+        vault: Vault,
+        metrics: SenderMetrics,
+        publish: Publish,
+        region: str,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db = db
+        self.store = store
+        self.ledger = ledger
+        self.api = api
+        self.vault = vault
+        self.metrics = metrics
+        self.publish = publish
+        self.region = region
+        self.log = log
+        self._lanes: dict[str, _Lane] = {}
+        self._budgets: dict[str, AccountBudget] = {}
+        self._reserved: dict[str, tuple[float, int]] = {}
+        self._resolved: dict[tuple[str, str], str] = {}
+        self._buffer: list[Outcome] = []
+        self._flush_wanted = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._unpublished = True
+        self._gate = asyncio.Semaphore(settings.mastodon_max_concurrent_requests)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        """Recover rows a crash left in flight, then work on every account with work."""
+        recovered = await self.db.run(self.ledger.recover)
+        if recovered:
+            self.log.warning("follows interrupted by a stop are checked again", count=recovered)
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._flusher(), name="mastodon-flusher"),
+            asyncio.create_task(self._gauges(), name="mastodon-gauges"),
+        ]
+        self.wake(await self.db.run(self.ledger.persons_with_work))
+
+    async def stop(self) -> None:
+        """Stop every lane (their rows go back to pending), write and publish what is known."""
+        self._running = False
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush()
+
+    def wake(self, person_ids: Iterable[str]) -> None:
+        """There is (new) work for these persons."""
+        if not self._running:
+            return
+        for person_id in person_ids:
+            lane = self._lanes.get(person_id)
+            if lane is not None:
+                lane.more.set()
+                continue
+            lane = _Lane(asyncio.Event())
+            self._lanes[person_id] = lane
+            lane.task = asyncio.create_task(
+                self._lane(person_id, lane), name=f"mastodon-lane-{person_id}"
+            )
+        self.metrics.lanes.set(len(self._lanes))
+
+    async def forget(self, person_id: str) -> None:
+        """Stop working for a person (unlink, erasure) and drop what is kept in memory."""
+        lane = self._lanes.get(person_id)
+        if lane is not None and lane.task is not None:
+            lane.task.cancel()
+            await asyncio.gather(lane.task, return_exceptions=True)
+        self._budgets.pop(person_id, None)
+        self._reserved.pop(person_id, None)
+
+    def results_pending(self) -> None:
+        """Rows were finished outside the lanes (bulk failures, re-requests): publish them."""
+        self._unpublished = True
+        self._flush_wanted.set()
+
+    async def fail_open(self, person_id: str, reason: str) -> int:
+        """Fail every open follow of a person (after what lanes learnt is written)."""
+        async with self._write_lock:
+            await self._write_outcomes()
+            failed = await self.db.run(self.ledger.fail_open, person_id, reason, self.clock.now())
+        if failed:
+            self.results_pending()
+        return failed
+
+    # --- a lane --------------------------------------------------------------------------------
+
+    async def _lane(self, person_id: str, lane: _Lane) -> None:
+        try:
+            account = await self._open(person_id)
+            if account is None:
+                return
+            while self._running:
+                lane.more.clear()
+                now = self.clock.now()
+                ready = account.budget.follow_ready_at(now)
+                if ready > now:
+                    await self.clock.sleep(ready - now)
+                    continue
+                rows = await self.db.run(
+                    self.ledger.claim, person_id, now, self.settings.mastodon_relationships_batch
+                )
+                if not rows:
+                    due = await self.db.run(self.ledger.next_due, person_id)
+                    if due is None:
+                        if lane.more.is_set():
+                            continue
+                        return
+                    await self._wait(lane.more, due - self.clock.now())
+                    continue
+                if await self._work(account, rows):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("lane stopped", person_id=person_id)
+        finally:
+            if self._lanes.get(person_id) is lane:
+                del self._lanes[person_id]
+            self.metrics.lanes.set(len(self._lanes))
+            if lane.more.is_set() and self._running:
+                self.wake([person_id])
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=max(0.0, self.clock.to_real(seconds)))
+
+    async def _open(self, person_id: str) -> _Account | None:
+        link = await self.db.run(self.store.link, person_id)
+        if link is None or link.status != "active":
+            reason = (
+                "not_linked"
+                if link is None
+                else ("token_revoked" if link.status == "revoked" else "reauthorize_required")
+            )
+            await self.fail_open(person_id, reason)
+            return None
+        try:
+            token = self.vault.decrypt(link.token_enc)
+        except VaultError:
+            self.log.exception("stored token unreadable: check PASSERELLE_ENCRYPTION_KEYS")
+            return None
+        instance = await self.db.run(self.store.instance, link.domain)
+        budget = self._budgets.get(person_id) or await self._restore_budget(link)
+        self._budgets[person_id] = budget
+        return _Account(
+            person_id=person_id,
+            domain=link.domain,
+            acct=link.acct,
+            acct_domain=instance.acct_domain if instance is not None else link.domain,
+            account_id=link.account_id,
+            token=token,
+            budget=budget,
+            followers=link.followers_count,
+            following=link.following_count,
+            profile_at=link.profile_at,
+        )
+
+    async def _restore_budget(self, link: MastodonLink) -> AccountBudget:
+        """Budgets after a (re)start: calls from the saved reservation, follows from the ledger."""
+        s = self.settings
+        now = self.clock.now()
+        requests = Window(
+            s.mastodon_requests_per_window,
+            s.mastodon_requests_window_seconds,
+            s.mastodon_window_guard_seconds,
+        )
+        if link.requests_window_end > now:
+            requests.restore(link.requests_window_end, link.requests_reserved)
+        self._reserved[link.person_id] = (link.requests_window_end, link.requests_reserved)
+        follows = Window(
+            s.mastodon_follows_per_window,
+            s.mastodon_follows_window_seconds,
+            s.mastodon_window_guard_seconds,
+        )
+        period = s.mastodon_follows_window_seconds
+        start = math.floor(now / period) * period
+        made = await self.db.run(self.ledger.followed_since, link.person_id, start)
+        follows.restore(start + period, made)
+        return AccountBudget(requests, follows)
+
+    # --- one batch -----------------------------------------------------------------------------
+
+    async def _work(self, account: _Account, rows: list[Claimed]) -> bool:
+        """Bring a batch forward; ``True`` when the lane must stop (link lost, cap reached)."""
+        batch = _Batch({r.follow_id: r for r in rows})
+        try:
+            await self._refresh_profile(account)
+            ids = await self._resolve(account, batch)
+            if not ids:
+                return False
+            reply = await self._call(
+                account,
+                "relationships",
+                lambda: self.api.relationships(
+                    account.domain, account.token, sorted(set(ids.values()))
+                ),
+            )
+            relations = {str(r.get("id")): r for r in reply.data if isinstance(r, dict)}
+            for follow_id, target_id in ids.items():
+                await self._follow_one(account, batch, batch.open[follow_id], target_id, relations)
+        except TokenRevokedError:
+            await self._lost(account, batch, "revoked", "token_revoked")
+            return True
+        except OutOfScopeError:
+            await self.db.run(self.store.refuse_granular, account.domain)
+            await self._lost(account, batch, "reauthorize", "reauthorize_required")
+            return True
+        except FollowCapError:
+            batch.open.clear()
+            self.log.warning("follow cap reached", person_id=account.person_id)
+            await self.fail_open(account.person_id, "follow_cap")
+            return True
+        except MastodonError as error:
+            self._retry_later(batch, error.code)
+        finally:
+            for row in batch.open.values():
+                self._release(row, interrupted=row.follow_id in batch.sent)
+            batch.open.clear()
+        return False
+
+    async def _refresh_profile(self, account: _Account) -> None:
+        """Read the account's counts (for the follow cap) when they are old."""
+        now = self.clock.now()
+        if now - account.profile_at < self.settings.mastodon_profile_refresh_seconds:
+            return
+        reply = await self._call(
+            account,
+            "verify_credentials",
+            lambda: self.api.verify_credentials(account.domain, account.token),
+        )
+        data = reply.data if isinstance(reply.data, dict) else {}
+        account.followers = int(data.get("followers_count") or 0)
+        account.following = int(data.get("following_count") or 0)
+        account.profile_at = now
+        account.made = 0
+        await self.db.run(
+            self.store.save_profile, account.person_id, account.followers, account.following, now
+        )
+
+    async def _resolve(self, account: _Account, batch: _Batch) -> dict[str, str]:
+        """Target ids on the person's instance, by follow id; unknown targets fail here."""
+        ids: dict[str, str] = {}
+        unknown: list[Claimed] = []
+        for row in list(batch.open.values()):
+            known = row.target_account_id or self._resolved.get((account.domain, row.target))
+            if known:
+                ids[row.follow_id] = known
+            else:
+                unknown.append(row)
+        if unknown:
+            stored = await self.db.run(
+                self.ledger.resolved, account.domain, [r.target for r in unknown]
+            )
+            learnt: dict[str, str] = {}
+            for row in unknown:
+                target_id = stored.get(row.target)
+                if target_id is None:
+                    target_id = await self._search(account, row.target)
+                    if target_id is not None:
+                        learnt[row.target] = target_id
+                if target_id is None:
+                    self._finish(batch, row, "failed", "failed", "target_not_found")
+                    continue
+                ids[row.follow_id] = target_id
+                self._cache(account.domain, row.target, target_id)
+            await self.db.run(self.ledger.remember, account.domain, learnt, self.clock.now())
+        # Keep the batch's order (oldest first).
+        return {f: ids[f] for f in batch.open if f in ids}
+
+    async def _search(self, account: _Account, target: str) -> str | None:
+        reply = await self._call(
+            account,
+            "search",
+            lambda: self.api.search_account(account.domain, account.token, target),
+        )
+        wanted = target.lower()
+        for found in reply.data:
+            if not isinstance(found, dict) or "id" not in found:
+                continue
+            acct = normalize_acct(full_acct(str(found.get("acct", "")), account.acct_domain))
+            if acct.lower() == wanted:
+                return str(found["id"])
+        return None
+
+    def _cache(self, domain: str, acct: str, account_id: str) -> None:
+        if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[(domain, acct)] = account_id
+
+    async def _follow_one(
+        self,
+        account: _Account,
+        batch: _Batch,
+        row: Claimed,
+        target_id: str,
+        relations: dict[str, dict[str, Any]],
+    ) -> None:
+        if target_id == account.account_id:
+            self._finish(batch, row, "failed", "failed", "self", target_id)
+            return
+        relation = relations.get(target_id) or {}
+        if relation.get("following") or relation.get("requested"):
+            # After an interruption the follow we sent is the one we find.
+            outcome = "followed" if row.interrupted else "already_following"
+            self._finish(batch, row, "done", outcome, None, target_id)
+            return
+        cap = follow_cap(
+            account.following,
+            account.followers,
+            self.settings.mastodon_follow_cap,
+            self.settings.mastodon_follow_cap_ratio,
+        )
+        if account.following + account.made >= cap:
+            raise FollowCapError("follow cap reached (counted)")
+        batch.sent.add(row.follow_id)
+        try:
+            await self._call(
+                account,
+                "follow",
+                lambda: self.api.follow(account.domain, account.token, target_id),
+                follow=True,
+            )
+        except NotFoundError:
+            # A stale id (the account moved or was deleted): resolve again once.
+            self._resolved.pop((account.domain, row.target), None)
+            await self.db.run(self.ledger.forget, account.domain, row.target)
+            batch.sent.discard(row.follow_id)
+            if row.attempts >= 2:
+                self._finish(batch, row, "failed", "failed", "target_not_found")
+            else:
+                del batch.open[row.follow_id]
+                self._record(
+                    Outcome(row.follow_id, row.person_id, "pending", next_try_at=self.clock.now())
+                )
+            return
+        except RejectedError:
+            self._finish(batch, row, "failed", "failed", "rejected", target_id)
+            return
+        account.made += 1
+        self._finish(batch, row, "done", "followed", None, target_id)
+
+    async def _call(
+        self,
+        account: _Account,
+        operation: str,
+        call: Callable[[], Awaitable[Reply]],
+        *,
+        follow: bool = False,
+    ) -> Reply:
+        """One call within the account's budgets; waits for them, and after a 429."""
+        budget = account.budget
+        refusals = 0
+        while True:
+            now = self.clock.now()
+            ready = budget.follow_ready_at(now) if follow else budget.request_ready_at(now)
+            if ready > now:
+                await self.clock.sleep(ready - now)
+                continue
+            budget.requests.spend(now)
+            if follow:
+                budget.follows.spend(now)
+            await self._reserve(account)
+            try:
+                async with self._gate:
+                    reply = await call()
+            except RateLimitedError as error:
+                budget.refused(error.rate, self.clock.now(), follow_call=follow)
+                self.metrics.calls.labels(operation, error.code).inc()
+                self.metrics.rate_limited.labels(
+                    "follows" if follow and budget.follows.blocked_until > now else "requests"
+                ).inc()
+                refusals += 1
+                if refusals >= MAX_REFUSALS:
+                    raise
+                continue
+            except MastodonError as error:
+                budget.observe(error.rate, self.clock.now(), follow_call=follow)
+                self.metrics.calls.labels(operation, error.code).inc()
+                raise
+            budget.observe(reply.rate, self.clock.now(), follow_call=follow)
+            self.metrics.calls.labels(operation, "ok").inc()
+            return reply
+
+    async def _reserve(self, account: _Account) -> None:
+        """Save the call count ahead of use, so a restart never undercounts."""
+        window = account.budget.requests
+        end, reserved = self._reserved.get(account.person_id, (0.0, 0))
+        if window.end == end and window.used <= reserved:
+            return
+        ahead = (window.end, window.used + self.settings.mastodon_request_reserve_chunk)
+        await self.db.run(self.store.reserve_requests, account.person_id, *ahead)
+        self._reserved[account.person_id] = ahead
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        batch: _Batch,
+        row: Claimed,
+        state: str,
+        outcome: str,
+        reason: str | None,
+        target_account_id: str | None = None,
+    ) -> None:
+        del batch.open[row.follow_id]
+        self._record(
+            Outcome(
+                row.follow_id,
+                row.person_id,
+                state,
+                outcome=outcome,
+                reason=reason,
+                target_account_id=target_account_id,
+                done_at=self.clock.now(),
+            )
+        )
+
+    def _release(self, row: Claimed, *, interrupted: bool) -> None:
+        """Back to pending, due now (the lane's budget decides when it goes)."""
+        self._record(
+            Outcome(
+                row.follow_id,
+                row.person_id,
+                "pending",
+                reason="interrupted" if interrupted or row.interrupted else None,
+                next_try_at=self.clock.now(),
+                target_account_id=row.target_account_id,
+            )
+        )
+
+    def _retry_later(self, batch: _Batch, code: str) -> None:
+        """A transient failure: back off (exponentially, with jitter), or give up."""
+        s = self.settings
+        now = self.clock.now()
+        for row in list(batch.open.values()):
+            if row.attempts >= s.mastodon_max_attempts:
+                self._finish(batch, row, "failed", "failed", code)
+                continue
+            delay = min(
+                s.mastodon_retry_base_seconds * 2 ** (row.attempts - 1),
+                s.mastodon_retry_max_seconds,
+            )
+            delay *= 1 + random.random() / 10
+            interrupted = row.interrupted or row.follow_id in batch.sent
+            del batch.open[row.follow_id]
+            self._record(
+                Outcome(
+                    row.follow_id,
+                    row.person_id,
+                    "pending",
+                    reason="interrupted" if interrupted else code,
+                    next_try_at=now + delay,
+                    target_account_id=row.target_account_id,
+                )
+            )
+
+    def _record(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        if len(self._buffer) >= 500:
+            self._flush_wanted.set()
+
+    async def _lost(self, account: _Account, batch: _Batch, status: str, reason: str) -> None:
+        """The link stopped working: say so, fail the person's open follows."""
+        batch.open.clear()
+        self.log.warning("link lost", person_id=account.person_id, reason=reason)
+        await self.db.run(self.store.set_status, account.person_id, status)
+        await self.fail_open(account.person_id, reason)
+        self._budgets.pop(account.person_id, None)
+        await self.publish(
+            IdentityUnlinked(
+                region=self.region,
+                person_id=account.person_id,
+                network="mastodon",
+                account=account.acct,
+                reason="credential_revoked",
+            )
+        )
+
+    async def _flusher(self) -> None:
+        interval = self.settings.mastodon_flush_interval_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wanted.wait(), timeout=interval)
+            self._flush_wanted.clear()
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("writing or publishing follow results failed; retrying")
+                self._unpublished = True
+                await asyncio.sleep(1.0)
+
+    async def _write_outcomes(self) -> None:
+        """Write the buffered outcomes (hold ``_write_lock``)."""
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            await self.db.run(self.ledger.finish, batch)
+        except BaseException:
+            self._buffer[:0] = batch
+            raise
+        if any(o.final for o in batch):
+            self._unpublished = True
+        # Rows put back for later need a lane to pick them up.
+        self.wake({o.person_id for o in batch if not o.final})
+
+    async def _flush(self) -> None:
+        async with self._write_lock:
+            await self._write_outcomes()
+        while self._unpublished:
+            self._unpublished = False
+            results = await self.db.run(self.ledger.unpublished, 2000)
+            if not results:
+                return
+            gate = asyncio.Semaphore(self.settings.mastodon_result_publish_concurrency)
+            try:
+                await asyncio.gather(*(self._send_result(r, gate) for r in results))
+            except BaseException:
+                self._unpublished = True
+                raise
+            await self.db.run(self.ledger.mark_published, [r.follow_id for r in results])
+            for r in results:
+                self.metrics.follows.labels("mastodon", r.outcome, r.reason or "").inc()
+            self._unpublished = len(results) == 2000
+
+    async def _send_result(self, result: Result, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            await self.publish(
+                FollowResult(
+                    region=self.region,
+                    follow_id=result.follow_id,
+                    person_id=result.person_id,
+                    network="mastodon",
+                    target=result.target,
+                    outcome=result.outcome,
+                    reason=result.reason,
+                )
+            )
+
+    async def _gauges(self) -> None:
+        while True:
+            try:
+                self.metrics.backlog.labels("mastodon").set(await self.db.run(self.ledger.backlog))
+                self.metrics.links.set(await self.db.run(self.store.count_links))
+                now = self.clock.now()
+                used = allowed = 0
+                for person_id in list(self._lanes):
+                    budget = self._budgets.get(person_id)
+                    if budget is None:
+                        continue
+                    budget.follows.ready_at(now)
+                    used += budget.follows.used
+                    allowed += budget.follows.limit
+                self.metrics.budget_used.labels("mastodon").set(used)
+                self.metrics.budget_allowed.labels("mastodon").set(allowed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("metrics refresh failed")
+            await asyncio.sleep(self.settings.mastodon_metrics_interval_seconds)
