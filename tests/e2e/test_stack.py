@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.nats import NatsServer
-from tests.support.services import SCRIPTS, ServiceProcess
+from tests.support.services import SCRIPTS, STARTUP_SECONDS, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def test_health_up_down_and_back_after_a_nats_restart(
     edge = stack["ingest"]
     edge.wait_http("/healthz")
     all_up = dict.fromkeys(SCRIPTS, "up")
-    wait_for(lambda: statuses(edge) == all_up, 45, "all four services up")
+    wait_for(lambda: statuses(edge) == all_up, STARTUP_SECONDS, "all four services up")
     body = health(edge)
     assert body["status"] == "up"
     for name, status in body["services"].items():
@@ -74,10 +74,10 @@ def test_health_up_down_and_back_after_a_nats_restart(
     assert statuses(edge)["bluesky_sender"] == "up"
 
     stack["matching"].start()
-    wait_for(lambda: statuses(edge) == all_up, 45, "matching back up")
+    wait_for(lambda: statuses(edge) == all_up, STARTUP_SECONDS, "matching back up")
 
     nats_server.restart(pause=2.0)
-    wait_for(lambda: statuses(edge) == all_up, 45, "all up after NATS restart")
+    wait_for(lambda: statuses(edge) == all_up, STARTUP_SECONDS, "all up after NATS restart")
     for p in stack.values():
         assert httpx.get(p.base_url + "/readyz", timeout=5).status_code == 200
 
@@ -91,7 +91,11 @@ def test_services_start_before_nats(nats_server: NatsServer, tmp_path: Path) -> 
         assert httpx.get(edge.base_url + "/readyz", timeout=5).status_code == 503
         assert health(edge)["services"]["matching"]["error"] == "edge_not_connected"
         nats_server.start()
-        wait_for(lambda: statuses(edge)["matching"] == "up", 45, "matching up once NATS exists")
+        wait_for(
+            lambda: statuses(edge)["matching"] == "up",
+            STARTUP_SECONDS,
+            "matching up once NATS exists",
+        )
         edge.wait_http("/readyz", timeout=30)
     finally:
         edge.stop()

@@ -13,6 +13,10 @@ import httpx
 
 from tests.support.ports import free_port
 
+#: How long a service may take to come up: imports alone take seconds, and several
+#: processes starting at once on a busy 2-core machine take much longer.
+STARTUP_SECONDS = float(os.environ.get("PASSERELLE_TEST_STARTUP_SECONDS", "180"))
+
 SCRIPTS = {
     "ingest": "passerelle-ingest",
     "matching": "passerelle-matching",
@@ -52,7 +56,7 @@ class ServiceProcess:
         self._process = subprocess.Popen([str(script)], env=self.env, stdout=log, stderr=log)
         return self
 
-    def wait_http(self, path: str = "/healthz", timeout: float = 60.0) -> None:
+    def wait_http(self, path: str = "/healthz", timeout: float = STARTUP_SECONDS) -> None:
         """Wait until ``path`` answers 200 (``/readyz``: connected and migrated)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
