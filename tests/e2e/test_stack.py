@@ -96,7 +96,7 @@ def test_services_start_before_nats(nats_server: NatsServer, tmp_path: Path) -> 
             STARTUP_SECONDS,
             "matching up once NATS exists",
         )
-        edge.wait_http("/readyz", timeout=30)
+        edge.wait_http("/readyz")
     finally:
         edge.stop()
         matching.stop()
