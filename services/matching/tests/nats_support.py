@@ -108,7 +108,9 @@ class Edge:
             if info.state.messages == 0:
                 break
             msg = await self.js.get_msg(FOLLOW_REQUESTS.name, seq)
-            out.append(json.loads(msg.data))
+            body = json.loads(msg.data)
+            body["_headers"] = dict(msg.headers or {})
+            out.append(body)
         return out
 
     async def settled(self, within: float = 30.0) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faststream.nats import NatsBroker
 
-from passerelle_contracts import follow_id
+from passerelle_contracts import BlueskyFollowRequested, MastodonFollowRequested, follow_id
 from passerelle_contracts.rpc import (
     CountReply,
     MatchListReply,
@@ -49,6 +50,14 @@ def expected() -> Counter[tuple[str, str, str, str, tuple[str, ...]]]:
 def seen(messages: list[dict[str, Any]]) -> Counter[tuple[str, str, str, str, tuple[str, ...]]]:
     for m in messages:
         assert m["follow_id"] == follow_id(m["person_id"], m["network"], m["target"])
+        # As a sender's FastStream consumer sees it: the model, deduplicated, traced.
+        headers = m.pop("_headers")
+        event_type = (
+            BlueskyFollowRequested if m["network"] == "bluesky" else MastodonFollowRequested
+        )
+        assert event_type.model_validate(m).dedupe_id() == headers["Nats-Msg-Id"]
+        assert headers["content-type"] == "application/json"
+        assert headers["traceparent"].startswith("00-")
     return Counter(
         (m["network"], m["actor"], m["target"], m["person_id"], tuple(m["directions"]))
         for m in messages
@@ -165,3 +174,37 @@ async def test_the_edge_reads_selects_and_requests_over_request_reply(
                 ): 1
             }
         )
+
+
+async def test_a_senders_faststream_subscriber_reads_the_requests(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    received: list[BlueskyFollowRequested] = []
+    sender = NatsBroker(nats_server.url, logger=None)
+
+    @sender.subscriber("follow.requested.bluesky")
+    async def on_follow(event: BlueskyFollowRequested) -> None:
+        received.append(event)
+
+    database = f"sqlite:///{tmp_path / 'matching.sqlite3'}"
+    async with (
+        running_matching(nats_server.url, database, tmp_path, trust_archive_claims=True),
+        edge(nats_server.url) as ingest,
+    ):
+        await sender.start()
+        try:
+            for person in ("alice", "bob"):
+                await ingest.publish(ingest.consent(person, auto_follow=True))
+                await ingest.publish(ingest.linked(person, "bluesky"))
+            await ingest.publish(await ingest.archive("alice", 1, [2], []))
+            await ingest.publish(await ingest.archive("bob", 2, [], []))
+            await ingest.settled()
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await sender.stop()
+    assert [(e.person_id, e.actor, e.target, e.directions) for e in received] == [
+        ("alice", account_of("alice", "bluesky"), account_of("bob", "bluesky"), ("following",))
+    ]

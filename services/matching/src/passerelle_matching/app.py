@@ -31,6 +31,7 @@ CONSUMERS = (
     MATCHING_RESULTS,
     MATCHING_ERASURES,
 )
+MIGRATIONS = Path(__file__).parent / "migrations"
 TRUST_WARNING = (
     "PASSERELLE_TRUST_ARCHIVE_CLAIMS is ON: X identities claimed by an archive alone "
     "(account.js can be edited) will be AUTO-FOLLOWED. Only for a closed community or "
@@ -45,7 +46,7 @@ def create_service(settings: Settings) -> MatchingService:
         __version__,
         settings,
         consumers=CONSUMERS,
-        migrations=Path(__file__).parent / "migrations",
+        migrations=MIGRATIONS,
     )
     if settings.trust_archive_claims:
         runtime.log.warning(TRUST_WARNING, setting="trust_archive_claims")

@@ -161,6 +161,7 @@ class FederatedStore(MatchingStore):
                     {"d": tombstone_digest(person_id)},
                 )
             person = self._ensure_person(c, person_id, entry.region)
+            assert person is not None  # no tombstone left (handled above)
             if person["import_sent_at"] is not None and float(person["import_sent_at"]) >= sent_at:
                 return Outcome(applied=False, detail="stale")
             key, old_x = int(person["person_key"]), person["x_id"]
@@ -211,9 +212,7 @@ class FederatedStore(MatchingStore):
                         "at": sent_at,
                     },
                 )
-            others = self._recompute_trust(c, (old_x, claimed))
-            for target in sorted(others | {key}):
-                self._refresh_target(c, target)
+            others = self._refresh_claimants(c, old_x, claimed)
             return Outcome(applied=True, scope=Scope(targets=others | {key}))
 
     def forget_remote(self, region: str, key: str, sent_at: float) -> Outcome:
@@ -228,7 +227,7 @@ class FederatedStore(MatchingStore):
                 ),
                 {"d": tombstone_digest(person_id), "at": sent_at},
             )
-            person = self._person(c, person_id)
+            _, person = self._lookup(c, person_id)
             if person is None:
                 return Outcome(applied=False, detail="unknown")
             if person["import_sent_at"] is not None and float(person["import_sent_at"]) > sent_at:
@@ -240,9 +239,7 @@ class FederatedStore(MatchingStore):
             )
             c.execute(text("DELETE FROM matching_account WHERE person_key = :p"), {"p": person_key})
             c.execute(text("DELETE FROM matching_person WHERE person_key = :p"), {"p": person_key})
-            others = self._recompute_trust(c, (person["x_id"],))
-            for other in sorted(others):
-                self._refresh_target(c, other)
+            others = self._refresh_claimants(c, person["x_id"])
             return Outcome(applied=True, scope=Scope(targets=others))
 
 

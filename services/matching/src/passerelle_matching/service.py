@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import propagate
 from prometheus_client import Counter, Gauge, Histogram
 
 from passerelle_contracts import (
@@ -43,15 +44,16 @@ from passerelle_contracts.rpc import (
     MatchSummaryReply,
     MatchSummaryRequest,
 )
+from passerelle_contracts.streams import FOLLOW_REQUESTS
 from passerelle_matching.edges import EdgeBatch
 from passerelle_matching.models import FOLLOWER, FOLLOWING
 from passerelle_matching.settings import Settings
 from passerelle_matching.store import Archive, FollowToRequest, MatchingStore, Outcome, Scope
-from passerelle_platform.broker import publish_event
 from passerelle_platform.runtime import ServiceRuntime
 from passerelle_xarchive import iter_payload_arrays
 
 OUTBOX_BATCH = 500
+PUBLISH_ACK_SECONDS = 10.0
 DECODE_CHUNK_IDS = 1 << 16
 
 
@@ -118,6 +120,9 @@ class MatchingService:
         self._flush_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
+        self._js: Any = None
+        self._js_connection: Any = None
+        self._tracer = runtime.tracer_provider.get_tracer("passerelle_matching")
 
     # --- events ----------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class MatchingService:
             await self._fetch(event, following, followers)
             await asyncio.to_thread(_check_digest, event.payload_sha256, following, followers)
             outcome = await asyncio.to_thread(
-                self.store.import_archive, archive, _decode(following, followers)
+                self.store.import_archive, archive, decode_payloads(following, followers)
             )
         if outcome.applied:
             self.metrics.edges.inc(int(outcome.detail.split()[0]))
@@ -307,14 +312,45 @@ class MatchingService:
                     return published
 
     async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
-        gate = asyncio.Semaphore(self.settings.publish_concurrency)
+        """Publish follow requests pipelined: all sent, then all PubAcks awaited.
 
-        async def one(request: FollowToRequest) -> None:
-            async with gate:
-                await publish_event(self.runtime.broker, self.follow_requested(request))
+        Each message carries the same ``Nats-Msg-Id`` as ``publish_event`` would
+        give it (``event.dedupe_id()``, i.e. the follow id), so JetStream stores
+        a follow once however often it is published; the W3C trace context is in
+        the headers, as FastStream's middleware would put it. Waiting for each
+        PubAck in turn (``publish_event``) costs a round trip per follow, which a
+        newcomer awaited by thousands cannot afford. A missing or failed PubAck
+        raises: the rows stay in the outbox and are published again later.
+        """
+        events = [self.follow_requested(r) for r in requests]
+        js = self._jetstream()
+        with self._tracer.start_as_current_span(
+            "publish follow requests", attributes={"messaging.batch.message_count": len(events)}
+        ):
+            futures = []
+            for event in events:
+                headers = {"Nats-Msg-Id": event.dedupe_id(), "content-type": "application/json"}
+                propagate.inject(headers)
+                futures.append(
+                    await js.publish_async(
+                        event.subject,
+                        event.model_dump_json().encode(),
+                        stream=FOLLOW_REQUESTS.name,
+                        headers=headers,
+                    )
+                )
+            await asyncio.wait_for(
+                asyncio.gather(*futures), PUBLISH_ACK_SECONDS + len(futures) / 1000
+            )
+        for request in requests:
             self.metrics.requests.labels(request.network).inc()
 
-        await asyncio.gather(*(one(r) for r in requests))
+    def _jetstream(self) -> Any:
+        """One JetStream context per NATS connection (it owns the PubAck inbox)."""
+        connection = self.runtime.broker.connection
+        if self._js is None or self._js_connection is not connection:
+            self._js, self._js_connection = connection.jetstream(), connection
+        return self._js
 
     def follow_requested(self, request: FollowToRequest) -> FollowRequested:
         """The ``follow.requested.<network>`` message for an outbox row."""
@@ -374,7 +410,7 @@ def _check_digest(expected: str, *paths: Path) -> None:
         raise PayloadMismatchError("archive payloads do not match their sha256")
 
 
-def _decode(following: Path, followers: Path) -> Iterator[EdgeBatch]:
+def decode_payloads(following: Path, followers: Path) -> Iterator[EdgeBatch]:
     """The payloads as batches of ascending ids, one direction after the other."""
     for direction, path in ((FOLLOWING, following), (FOLLOWER, followers)):
         with path.open("rb") as handle:

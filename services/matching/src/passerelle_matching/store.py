@@ -179,64 +179,86 @@ class MatchingStore:
 
     # --- the directory ---------------------------------------------------------------
 
-    def _person(self, c: Connection, person_id: str) -> dict[str, Any] | None:
+    def _lookup(self, c: Connection, person_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(erased?, the directory row or ``None``), in one round trip."""
         row = (
             c.execute(
-                text("SELECT * FROM matching_person WHERE person_id = :pid"), {"pid": person_id}
+                text(
+                    "SELECT (SELECT 1 FROM matching_tombstone WHERE person_digest = :d) AS erased,"
+                    " p.* FROM (SELECT 1 AS one) x"
+                    " LEFT JOIN matching_person p ON p.person_id = :pid"
+                ),
+                {"pid": person_id, "d": tombstone_digest(person_id)},
             )
             .mappings()
-            .first()
+            .one()
         )
-        return dict(row) if row is not None else None
+        person = dict(row)
+        erased = person.pop("erased") is not None
+        person.pop("one", None)
+        return erased, (person if person["person_key"] is not None else None)
 
-    def _erased(self, c: Connection, person_id: str) -> bool:
-        found = c.execute(
-            text("SELECT 1 FROM matching_tombstone WHERE person_digest = :d"),
-            {"d": tombstone_digest(person_id)},
-        ).first()
-        return found is not None
-
-    def _ensure_person(self, c: Connection, person_id: str, region: str) -> dict[str, Any]:
+    def _ensure_person(self, c: Connection, person_id: str, region: str) -> dict[str, Any] | None:
+        """The person's directory row, created if needed; ``None`` if they were erased."""
+        erased, person = self._lookup(c, person_id)
+        if erased:
+            return None
+        if person is not None:
+            return person
         now = self.clock()
-        c.execute(
-            text(
-                "INSERT INTO matching_person (person_id, region, x_verified, trust,"
-                " consent_matching, consent_auto_follow, consent_notifications,"
-                " consent_revision, created_at, updated_at)"
-                " VALUES (:pid, :region, false, :claimed, false, false, false, -1, :now, :now)"
-                " ON CONFLICT (person_id) DO NOTHING"
-            ),
-            {"pid": person_id, "region": region, "claimed": CLAIMED, "now": now},
-        )
-        person = self._person(c, person_id)
-        assert person is not None
-        return person
-
-    def _recompute_trust(self, c: Connection, x_ids: Iterable[int | None]) -> set[int]:
-        """Trust of everyone claiming these X ids; returns those people's keys."""
-        keys: set[int] = set()
-        for x in {x for x in x_ids if x is not None}:
+        row = (
             c.execute(
                 text(
-                    "UPDATE matching_person SET trust = CASE"
-                    " WHEN x_verified THEN :verified"
-                    " WHEN (SELECT count(*) FROM matching_person q"
-                    "       WHERE q.x_id = matching_person.x_id) > 1 THEN :disputed"
-                    " ELSE :claimed END"
-                    " WHERE x_id = :x"
+                    "INSERT INTO matching_person (person_id, region, x_verified, trust,"
+                    " consent_matching, consent_auto_follow, consent_notifications,"
+                    " consent_revision, created_at, updated_at)"
+                    " VALUES (:pid, :region, false, :claimed, false, false, false, -1, :now, :now)"
+                    " RETURNING *"
                 ),
-                {"verified": VERIFIED, "disputed": DISPUTED, "claimed": CLAIMED, "x": x},
+                {"pid": person_id, "region": region, "claimed": CLAIMED, "now": now},
             )
-            rows = c.execute(
-                text("SELECT person_key FROM matching_person WHERE x_id = :x"), {"x": x}
-            )
-            keys.update(int(r[0]) for r in rows)
+            .mappings()
+            .one()
+        )
+        return dict(row)
+
+    def _recompute_trust(self, c: Connection, x_id: int | None) -> list[tuple[int, bool]]:
+        """Trust of everyone claiming an X id; returns their (key, consents to matching)."""
+        if x_id is None:
+            return []
+        rows = c.execute(
+            text(
+                "UPDATE matching_person SET trust = CASE"
+                " WHEN x_verified THEN :verified"
+                " WHEN (SELECT count(*) FROM matching_person q"
+                "       WHERE q.x_id = matching_person.x_id) > 1 THEN :disputed"
+                " ELSE :claimed END"
+                " WHERE x_id = :x RETURNING person_key, consent_matching"
+            ),
+            {"verified": VERIFIED, "disputed": DISPUTED, "claimed": CLAIMED, "x": x_id},
+        )
+        return [(int(r[0]), bool(r[1])) for r in rows]
+
+    def _refresh_claimants(
+        self, c: Connection, *x_ids: int | None, refresh: bool = True
+    ) -> set[int]:
+        """Recompute the trust of everyone claiming these X ids, then (``refresh``) the
+        matches towards them (a claim that stands alone again may now be followed).
+        Returns their keys."""
+        keys: set[int] = set()
+        for x_id in dict.fromkeys(x_ids):
+            for target, consenting in self._recompute_trust(c, x_id):
+                if refresh:
+                    self._refresh_target(c, target, x_id, consenting=consenting)
+                keys.add(target)
         return keys
 
     def _next_import_key(self, c: Connection) -> int:
-        c.execute(text("UPDATE matching_sequence SET value = value + 1 WHERE name = 'import_key'"))
         value = c.execute(
-            text("SELECT value FROM matching_sequence WHERE name = 'import_key'")
+            text(
+                "UPDATE matching_sequence SET value = value + 1 WHERE name = 'import_key'"
+                " RETURNING value"
+            )
         ).scalar_one()
         return int(value)
 
@@ -287,14 +309,22 @@ class MatchingStore:
             f" WHERE matching_match.directions <> excluded.directions OR ({promote})"
         )
 
-    def _refresh_owner(self, c: Connection, person_key: int, *, prune: bool) -> None:
+    def _refresh_owner(
+        self,
+        c: Connection,
+        person_key: int,
+        import_key: int | None,
+        *,
+        prune: bool = False,
+        network: int | None = None,
+    ) -> None:
         """Re-derive the matches of one person's own archive (and drop stale unacted ones)."""
-        import_key = c.execute(
-            text("SELECT import_key FROM matching_person WHERE person_key = :p"),
-            {"p": person_key},
-        ).scalar()
-        params = {"import_key": import_key if import_key is not None else -1, "p": person_key}
-        derived = self._derived(self.edges.of_import(), "o.person_key = :p")
+        params = {"import_key": -1 if import_key is None else import_key, "p": person_key}
+        where = "o.person_key = :p"
+        if network is not None:
+            where += " AND a.network = :n"
+            params["n"] = network
+        derived = self._derived(self.edges.of_import(), where)
         if prune:
             c.execute(
                 text(
@@ -307,16 +337,25 @@ class MatchingStore:
         if import_key is not None:
             c.execute(text(self._upsert(derived)), {**params, "now": self.clock()})
 
-    def _refresh_target(self, c: Connection, person_key: int) -> None:
+    def _refresh_target(
+        self,
+        c: Connection,
+        person_key: int,
+        x_id: int | None,
+        *,
+        consenting: bool,
+        network: int | None = None,
+    ) -> None:
         """Find everyone whose own edges point at this person (an indexed lookup)."""
-        x_id = c.execute(
-            text("SELECT x_id FROM matching_person WHERE person_key = :t AND consent_matching"),
-            {"t": person_key},
-        ).scalar()
-        if x_id is None:
+        if x_id is None or not consenting:
             return
-        derived = self._derived(self.edges.pointing_at(), "t.person_key = :t")
-        c.execute(text(self._upsert(derived)), {"x_id": x_id, "t": person_key, "now": self.clock()})
+        params: dict[str, Any] = {"x_id": x_id, "t": person_key, "now": self.clock()}
+        where = "t.person_key = :t"
+        if network is not None:
+            where += " AND a.network = :n"
+            params["n"] = network
+        derived = self._derived(self.edges.pointing_at(), where)
+        c.execute(text(self._upsert(derived)), params)
 
     def _drop_towards(self, c: Connection, person_key: int, network: int | None = None) -> None:
         """Remove the unacted matches others have towards this person (on one network)."""
@@ -334,14 +373,10 @@ class MatchingStore:
     def archive_is_current(self, person_id: str, import_id: str, sent_at: float) -> bool:
         """Whether an ``archive.imported`` still deserves loading (cheap, read-only)."""
         with self.engine.connect() as c:
-            if self._erased(c, person_id):
-                return False
-            person = self._person(c, person_id)
-        if person is None or person["import_sent_at"] is None:
-            return True
-        if person["import_id"] == import_id:
-            return True  # a redelivery: loading again is harmless and finishes the job
-        return bool(sent_at > person["import_sent_at"])
+            erased, person = self._lookup(c, person_id)
+        if erased:
+            return False
+        return _newer_import(person, import_id, sent_at)
 
     def import_archive(
         self, archive: Archive, batches: Iterable[EdgeBatch], *, match: bool = True
@@ -355,14 +390,10 @@ class MatchingStore:
         """
         claimed = claim_to_db(archive.x_account_id)
         with self._write() as c:
-            if self._erased(c, archive.person_id):
-                return Outcome(applied=False, detail="erased")
             person = self._ensure_person(c, archive.person_id, archive.region)
-            if (
-                person["import_sent_at"] is not None
-                and person["import_id"] != archive.import_id
-                and archive.sent_at <= person["import_sent_at"]
-            ):
+            if person is None:
+                return Outcome(applied=False, detail="erased")
+            if not _newer_import(person, archive.import_id, archive.sent_at):
                 return Outcome(applied=False, detail="stale")
             key = int(person["person_key"])
             old_x, old_import = person["x_id"], person["import_key"]
@@ -386,14 +417,14 @@ class MatchingStore:
                     "p": key,
                 },
             )
-            claimants = self._recompute_trust(c, (old_x, claimed))
-            scope = Scope(owners={key}, targets=claimants | {key})
             if match:
                 if old_x != claimed:
                     self._drop_towards(c, key)
-                self._refresh_owner(c, key, prune=old_import is not None)
-                for target in sorted(claimants | {key}):
-                    self._refresh_target(c, target)
+                self._refresh_owner(c, key, import_key, prune=old_import is not None)
+            # Everyone claiming the new X id (the person too) or the old one: their
+            # trust may have changed, and with it the matches towards them.
+            claimants = self._refresh_claimants(c, claimed, old_x, refresh=match)
+            scope = Scope(owners={key}, targets=claimants | {key})
             return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
 
     def link_identity(
@@ -408,12 +439,13 @@ class MatchingStore:
         """A person proved an account on a network: they become findable there."""
         n = NETWORK_CODES[network]
         with self._write() as c:
-            if self._erased(c, person_id):
+            person = self._ensure_person(c, person_id, region)
+            if person is None:
                 return Outcome(applied=False, detail="erased")
-            key = int(self._ensure_person(c, person_id, region)["person_key"])
+            key = int(person["person_key"])
             row = c.execute(
                 text(
-                    "SELECT account, handle, event_at FROM matching_account"
+                    "SELECT account, event_at FROM matching_account"
                     " WHERE person_key = :p AND network = :n"
                 ),
                 {"p": key, "n": n},
@@ -433,8 +465,12 @@ class MatchingStore:
                 ),
                 {"p": key, "n": n, "account": account, "handle": handle, "at": sent_at},
             )
-            self._refresh_target(c, key)
-            self._refresh_owner(c, key, prune=False)
+            # Everyone waiting for this person on this network; and this person's own
+            # matches there, which may now be followed (they have an actor).
+            self._refresh_target(
+                c, key, person["x_id"], consenting=bool(person["consent_matching"]), network=n
+            )
+            self._refresh_owner(c, key, person["import_key"], network=n)
             return Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
 
     def unlink_identity(
@@ -443,7 +479,7 @@ class MatchingStore:
         """A link ended: no more proposals towards that account, no more requests from it."""
         n = NETWORK_CODES[network]
         with self._write() as c:
-            person = self._person(c, person_id)
+            _, person = self._lookup(c, person_id)
             if person is None:
                 return Outcome(applied=False, detail="unknown")
             key = int(person["person_key"])
@@ -487,9 +523,9 @@ class MatchingStore:
     ) -> Outcome:
         """Apply a person's consents (the whole set) unless a newer revision is known."""
         with self._write() as c:
-            if self._erased(c, person_id):
-                return Outcome(applied=False, detail="erased")
             person = self._ensure_person(c, person_id, region)
+            if person is None:
+                return Outcome(applied=False, detail="erased")
             if revision <= int(person["consent_revision"]):
                 return Outcome(applied=False, detail="stale")
             key = int(person["person_key"])
@@ -513,10 +549,10 @@ class MatchingStore:
             if was_matching and not matching:
                 self._drop_towards(c, key)
             if matching and not was_matching:
-                self._refresh_target(c, key)
+                self._refresh_target(c, key, person["x_id"], consenting=True)
                 scope.targets.add(key)
             if auto_follow and not bool(person["consent_auto_follow"]):
-                self._refresh_owner(c, key, prune=False)
+                self._refresh_owner(c, key, person["import_key"])
                 scope.owners.add(key)
             return Outcome(applied=True, scope=scope)
 
@@ -566,7 +602,7 @@ class MatchingStore:
                 ),
                 {"d": tombstone_digest(person_id), "now": self.clock()},
             )
-            person = self._person(c, person_id)
+            _, person = self._lookup(c, person_id)
             if person is None:
                 return Outcome(applied=False, detail="unknown")
             key = int(person["person_key"])
@@ -578,9 +614,7 @@ class MatchingStore:
             )
             c.execute(text("DELETE FROM matching_account WHERE person_key = :p"), {"p": key})
             c.execute(text("DELETE FROM matching_person WHERE person_key = :p"), {"p": key})
-            others = self._recompute_trust(c, (person["x_id"],))
-            for other in sorted(others):
-                self._refresh_target(c, other)
+            others = self._refresh_claimants(c, person["x_id"])
             return Outcome(applied=True, scope=Scope(targets=others))
 
     def match_all(self) -> int:
@@ -844,7 +878,7 @@ class MatchingStore:
         """Turn the person's selection on a network into follow requests."""
         n = NETWORK_CODES[network]
         with self._write() as c:
-            person = self._person(c, person_id)
+            _, person = self._lookup(c, person_id)
             if person is None:
                 return Outcome(applied=False, detail="unknown")
             key = int(person["person_key"])
@@ -879,6 +913,13 @@ class MatchingStore:
         """How many edges are stored."""
         with self.engine.connect() as c:
             return self.edges.count(c)
+
+
+def _newer_import(person: dict[str, Any] | None, import_id: str, sent_at: float) -> bool:
+    """Whether an import may replace the person's current one (or is a redelivery of it)."""
+    if person is None or person["import_sent_at"] is None or person["import_id"] == import_id:
+        return True
+    return bool(sent_at > person["import_sent_at"])
 
 
 def _without_self(batches: Iterable[EdgeBatch], own: int | None) -> Iterator[EdgeBatch]:

@@ -1,0 +1,520 @@
+"""Matching at scale: load the edges through the archive handler's code, match all, 1,000 newcomers.
+
+Run: ``uv run python -m tests.benchmarks.bench_matching [--edges N]`` (default 23,000,000)
+
+A population shaped like the mission (17,000 registered people among 5,000,000
+X accounts for 23 M edges; scaled down with ``--edges``): heavy-tailed
+popularity, the registered community over-represented among targets, 60 % on
+Bluesky and 40 % on Mastodon, most consenting to matching and more than half to
+auto-follow (``trust_archive_claims`` on, as a closed community would, so that
+follow requests are emitted). On a PostgreSQL started here, in one run:
+
+1. **directory**: everyone's consents and links, through the store's handlers'
+   code (the 1,000 newcomers consent but link later);
+2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
+   loaded by ``MatchingStore.import_archive`` — the code the ``archive.imported``
+   handler runs after fetching the objects — then ``VACUUM ANALYZE`` (so the
+   edges can answer queries: GIN pending list merged, statistics known);
+3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
+   unindexed table, from CSV (as the issue measured) and from binary;
+4. **full match**: ``MatchingStore.match_all`` (every match, in one statement);
+5. **newcomers**: the matching service itself (its runtime, a real nats-server)
+   handles each newcomer's ``identity.linked`` one by one: everyone waiting for
+   them is matched and the follow requests are published to JetStream; the
+   latency of each includes its PubAcks.
+
+The population is generated first in a child process (so that this process's
+peak RSS is the service's, not the generator's). The last line printed is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import sqlalchemy as sa
+
+from passerelle_contracts import IdentityLinked, Network
+from passerelle_matching.app import MIGRATIONS, create_service
+from passerelle_matching.ids import to_db
+from passerelle_matching.service import decode_payloads
+from passerelle_matching.settings import Settings
+from passerelle_matching.store import Archive, MatchingStore
+from passerelle_platform.db import make_engine, migrate
+from passerelle_xarchive import EdgeSet
+from tests.support.nats import NatsServer
+from tests.support.postgres import postgres_server
+
+FULL_EDGES = 23_000_000
+FULL_PEOPLE = 17_000
+FULL_ACCOUNTS = 5_000_000
+NEWCOMERS = 1_000
+COMMUNITY_SHARE = 0.25
+"""Share of edge targets drawn from the registered community (over-represented)."""
+RECIPROCITY = 0.3
+"""Share of a person's followers who are also people they follow."""
+BLUESKY_SHARE = 0.6
+MATCHING_CONSENT = 0.9
+AUTO_FOLLOW_CONSENT = 0.6
+TARGETS = {"load_ratio": 2.0, "match_seconds": 30.0, "newcomer_p99_ms": 50.0, "rss_mb": 1024.0}
+POSTGRES_SETTINGS = {
+    "maintenance_work_mem": "'512MB'",
+    "max_wal_size": "'8GB'",
+    "checkpoint_timeout": "'30min'",
+}
+
+
+# --- the population -------------------------------------------------------------------
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised: a bijection, so distinct inputs stay distinct."""
+    z = values.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True)
+class Population:
+    """Who is registered, how they are linked, and (generated on demand) their edges."""
+
+    edges: int
+    seed: int
+
+    @property
+    def people(self) -> int:
+        return max(50, round(FULL_PEOPLE * self.edges / FULL_EDGES))
+
+    @property
+    def accounts(self) -> int:
+        return max(self.people * 50, round(FULL_ACCOUNTS * self.edges / FULL_EDGES))
+
+    @property
+    def newcomers(self) -> int:
+        return min(NEWCOMERS, self.people // 5)
+
+    def x_ids(self, indices: np.ndarray) -> np.ndarray:
+        """X ids of accounts (the registered people are accounts 0..people-1)."""
+        return mix64(indices.astype(np.uint64) + np.uint64(self.seed * 1_000_003 + 7))
+
+    def person_id(self, i: int) -> str:
+        return f"p{i:06d}"
+
+    def attributes(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, 1])
+        n = self.people
+        return {
+            "bluesky": rng.random(n) < BLUESKY_SHARE,
+            "matching": rng.random(n) < MATCHING_CONSENT,
+            "auto_follow": rng.random(n) < AUTO_FOLLOW_CONSENT,
+        }
+
+    def account(self, i: int, network: Network) -> str:
+        return f"did:plc:bench{i:08d}" if network == "bluesky" else f"p{i}@m{i % 97}.example"
+
+    def degrees(self) -> tuple[np.ndarray, np.ndarray]:
+        """(following, followers) counts per person: heavy-tailed, summing to ~edges."""
+        rng = np.random.default_rng([self.seed, 2])
+        sigma = 1.1
+        raw = rng.lognormal(0.0, sigma, self.people)
+        total = raw / raw.sum() * self.edges
+        total = np.minimum(np.maximum(total, 2), self.accounts // 3).astype(np.int64)
+        share = rng.uniform(0.35, 0.75, self.people)
+        following = np.maximum(1, (total * share).astype(np.int64))
+        return following, np.maximum(0, total - following)
+
+
+class Generator:
+    """Draws each person's edges (deterministically from the seed and their index)."""
+
+    def __init__(self, population: Population) -> None:
+        self.population = population
+        p, a = population.people, population.accounts
+        rng = np.random.default_rng([population.seed, 3])
+        self.account_ids = population.x_ids(np.arange(a))
+        self.popular = rng.permutation(a)  # rank -> account
+        self.popular_community = rng.permutation(p)
+        self.cdf_following = np.cumsum(1.0 / np.arange(1, a + 1) ** 1.0)
+        self.cdf_followers = np.cumsum(1.0 / np.arange(1, a + 1) ** 0.6)
+        self.cdf_community = np.cumsum(1.0 / np.arange(1, p + 1) ** 0.8)
+        self.following, self.followers = population.degrees()
+
+    def _draw(self, rng: np.random.Generator, count: int, cdf: np.ndarray) -> np.ndarray:
+        from_community = rng.binomial(count, COMMUNITY_SHARE)
+        ranks = np.searchsorted(
+            self.cdf_community, rng.random(from_community) * self.cdf_community[-1]
+        )
+        community = self.popular_community[np.minimum(ranks, self.population.people - 1)]
+        ranks = np.searchsorted(cdf, rng.random(count - from_community) * cdf[-1])
+        everyone = self.popular[np.minimum(ranks, self.population.accounts - 1)]
+        return np.concatenate([community, everyone])
+
+    def _unique(self, rng: np.random.Generator, count: int, cdf: np.ndarray, me: int) -> np.ndarray:
+        """``count`` distinct accounts (never ``me``), drawn by popularity."""
+        found = np.empty(0, dtype=np.int64)
+        for _ in range(8):
+            if found.size >= count:
+                break
+            more = self._draw(rng, int((count - found.size) * 1.2) + 4, cdf)
+            found = np.unique(np.concatenate([found, more[more != me]]))
+        if found.size > count:
+            found = rng.choice(found, size=count, replace=False)
+        return found
+
+    def edges_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Person ``i``'s (following, followers) X ids: ascending, unique, no self."""
+        rng = np.random.default_rng([self.population.seed, 4, i])
+        following = self._unique(rng, int(self.following[i]), self.cdf_following, i)
+        n_followers = int(self.followers[i])
+        mutual = min(following.size, int(n_followers * RECIPROCITY))
+        back = rng.choice(following, size=mutual, replace=False) if mutual else following[:0]
+        others = self._unique(rng, n_followers - mutual, self.cdf_followers, i)
+        followers = np.unique(np.concatenate([back, others]))
+        return np.unique(self.account_ids[following]), np.unique(self.account_ids[followers])
+
+
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") * 2
+_FLOOR_ROW = np.dtype(
+    [
+        ("n", ">i2"),
+        ("l1", ">i4"),
+        ("owner", ">i8"),
+        ("l2", ">i4"),
+        ("d", ">i2"),
+        ("l3", ">i4"),
+        ("x", ">i8"),
+    ]
+)
+
+
+def generate(population: Population, directory: Path) -> dict[str, Any]:
+    """Write every person's two payloads, and the floor's binary COPY file."""
+    gen = Generator(population)
+    payloads = directory / "payloads"
+    payloads.mkdir(parents=True, exist_ok=True)
+    total = 0
+    with (directory / "floor.bin").open("wb") as floor:
+        floor.write(_BINARY_HEADER)
+        for i in range(population.people):
+            following, followers = gen.edges_of(i)
+            for name, ids in (("following", following), ("followers", followers)):
+                with EdgeSet.from_ids(ids) as edges, (payloads / f"{i}.{name}").open("wb") as out:
+                    edges.write_payload(out)
+            owner = to_db(int(gen.account_ids[i]))
+            for direction, ids in ((1, following), (2, followers)):
+                rows = np.empty(ids.size, dtype=_FLOOR_ROW)
+                rows["n"], rows["l1"], rows["owner"] = 3, 8, owner
+                rows["l2"], rows["d"], rows["l3"] = 2, direction, 8
+                rows["x"] = ids.view(np.int64)
+                floor.write(rows.tobytes())
+            total += following.size + followers.size
+        floor.write((-1).to_bytes(2, "big", signed=True))
+    return {"edges": total}
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def psycopg_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def tune(url: str) -> None:
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        for name, value in POSTGRES_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = {value}")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def directory_phase(store: MatchingStore, population: Population) -> float:
+    attrs = population.attributes()
+    first_newcomer = population.people - population.newcomers
+    started = time.perf_counter()
+    for i in range(population.people):
+        pid = population.person_id(i)
+        store.change_consent(
+            pid,
+            "bench",
+            matching=bool(attrs["matching"][i]),
+            auto_follow=bool(attrs["auto_follow"][i]),
+            notifications=False,
+            revision=1,
+        )
+        if i < first_newcomer:
+            network: Network = "bluesky" if attrs["bluesky"][i] else "mastodon"
+            account = population.account(i, network)
+            store.link_identity(pid, "bench", network, account, account, 1.0)
+    return time.perf_counter() - started
+
+
+def load_phase(store: MatchingStore, population: Population, payloads: Path) -> float:
+    x_ids = population.x_ids(np.arange(population.people))
+    started = time.perf_counter()
+    for i in range(population.people):
+        archive = Archive(
+            person_id=population.person_id(i),
+            region="bench",
+            import_id=f"bench-{i}",
+            sent_at=2.0,
+            x_account_id=str(int(x_ids[i])),
+            x_username=population.person_id(i),
+        )
+        batches = decode_payloads(payloads / f"{i}.following", payloads / f"{i}.followers")
+        store.import_archive(archive, batches, match=False)
+        if i and i % 2000 == 0:
+            print(f"  loaded {i:,} archives, {time.perf_counter() - started:.1f} s", flush=True)
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(sa.text("VACUUM ANALYZE matching_edge_run"))
+        c.execute(sa.text("ANALYZE matching_person"))
+        c.execute(sa.text("ANALYZE matching_account"))
+    return time.perf_counter() - started
+
+
+def floor_phase(url: str, directory: Path) -> tuple[float, float]:
+    """Plain COPY of the same edges into an unindexed table: (CSV seconds, binary seconds)."""
+    csv_path = directory / "floor.csv"
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_floor (owner bigint, direction smallint, x_id bigint)")
+        started = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY bench_floor FROM STDIN (FORMAT BINARY)") as copy,
+            (directory / "floor.bin").open("rb") as source,
+        ):
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+        binary = time.perf_counter() - started
+        with (
+            conn.cursor() as cur,
+            csv_path.open("wb") as out,
+            cur.copy("COPY bench_floor TO STDOUT (FORMAT CSV)") as copy,
+        ):
+            for chunk in copy:
+                out.write(chunk)
+        conn.execute("DROP TABLE bench_floor")
+        conn.execute("CREATE TABLE bench_floor (owner bigint, direction smallint, x_id bigint)")
+        started = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY bench_floor FROM STDIN (FORMAT CSV)") as copy,
+            csv_path.open("rb") as source,
+        ):
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+        csv = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_floor")
+    csv_path.unlink()
+    return csv, binary
+
+
+def match_phase(store: MatchingStore) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    matches = store.match_all()
+    seconds = time.perf_counter() - started
+    with store.engine.connect() as c:
+        pending = int(
+            c.execute(sa.text("SELECT count(*) FROM matching_match WHERE pending")).scalar_one()
+        )
+    return seconds, matches, pending
+
+
+async def newcomer_phase(url: str, population: Population, work: Path) -> tuple[list[float], int]:
+    """Each newcomer's identity.linked through the service, on a real nats-server."""
+    nats = NatsServer(work / "nats").start()
+    try:
+        settings = Settings(
+            env="dev",
+            region="bench",
+            nats_url=nats.url,
+            data_dir=work / "data",
+            database_url=url,  # type: ignore[arg-type]
+            trust_archive_claims=True,
+            log_level="WARNING",
+        )
+        service = create_service(settings)
+        # The full match left its own requests pending: the periodic drain would
+        # publish them all during this phase; here each newcomer publishes its own.
+        service.runtime.on_connected.remove(service.start_drainer)
+        await service.runtime.start()
+        while service.runtime.health().status != "up":  # noqa: ASYNC110 - polling a probe
+            await asyncio.sleep(0.05)
+        attrs = population.attributes()
+        published_before = _published(service)
+        latencies: list[float] = []
+        for i in range(population.people - population.newcomers, population.people):
+            network: Network = "bluesky" if attrs["bluesky"][i] else "mastodon"
+            account = population.account(i, network)
+            event = IdentityLinked(
+                region="bench",
+                person_id=population.person_id(i),
+                network=network,
+                account=account,
+                handle=account,
+            )
+            started = time.perf_counter()
+            await service.on_identity_linked(event)
+            latencies.append((time.perf_counter() - started) * 1000)
+        published = _published(service) - published_before
+        await service.runtime.stop()
+        return latencies, published
+    finally:
+        nats.stop()
+
+
+def _published(service: Any) -> int:
+    return int(
+        sum(
+            s.value
+            for metric in service.metrics.requests.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def run(population: Population, work: Path) -> dict[str, Any]:
+    print(
+        f"population: {population.people:,} people among {population.accounts:,} X accounts,"
+        f" ~{population.edges:,} edges, {population.newcomers:,} newcomers",
+        flush=True,
+    )
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.benchmarks.bench_matching",
+            "--edges",
+            str(population.edges),
+            "--seed",
+            str(population.seed),
+            "--generate-into",
+            str(work),
+        ],
+        check=True,
+    )
+    manifest = json.loads((work / "manifest.json").read_text())
+    print(
+        f"generated {manifest['edges']:,} edges in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    with postgres_server() as url:
+        tune(url)
+        engine = make_engine(url)
+        migrate(engine, MIGRATIONS, "matching")
+        store = MatchingStore(engine, trust_archive_claims=True)
+        directory = directory_phase(store, population)
+        print(f"directory: {directory:.1f} s", flush=True)
+        load = load_phase(store, population, work / "payloads")
+        print(f"load: {load:.1f} s ({store.count_edges():,} edges stored)", flush=True)
+        floor_csv, floor_binary = floor_phase(url, work)
+        print(
+            f"COPY floor: {floor_csv:.1f} s from CSV, {floor_binary:.1f} s from binary", flush=True
+        )
+        match_seconds, matches, pending = match_phase(store)
+        print(
+            f"full match: {match_seconds:.1f} s, {matches:,} matches, {pending:,} requested",
+            flush=True,
+        )
+        with engine.connect() as c:
+            sizes = {
+                table: int(
+                    c.execute(sa.text(f"SELECT pg_total_relation_size('{table}')")).scalar_one()
+                )
+                for table in ("matching_edge_run", "matching_match", "matching_person")
+            }
+            version = str(c.execute(sa.text("SHOW server_version")).scalar_one())
+        engine.dispose()
+        latencies, published = asyncio.run(newcomer_phase(url, population, work))
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        print(
+            f"newcomers: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms,"
+            f" {published:,} follow requests published",
+            flush=True,
+        )
+    return {
+        "bench": "matching",
+        "edges": manifest["edges"],
+        "load_seconds": round(load, 2),
+        "copy_floor_seconds": round(floor_csv, 2),
+        "match_seconds": round(match_seconds, 2),
+        "newcomer_p50_ms": round(percentile(latencies, 0.5), 2),
+        "newcomer_p99_ms": round(percentile(latencies, 0.99), 2),
+        "peak_rss_mb": round(rss_mb(), 1),
+        "matches": matches,
+        "people": population.people,
+        "accounts": population.accounts,
+        "newcomers": population.newcomers,
+        "directory_seconds": round(directory, 2),
+        "copy_floor_binary_seconds": round(floor_binary, 2),
+        "requested_by_full_match": pending,
+        "newcomer_requests_published": published,
+        "newcomer_mean_ms": round(statistics.fmean(latencies), 2),
+        "bytes": sizes,
+        "postgres": version,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", type=int, default=FULL_EDGES)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--work-dir", help="where to put the generated payloads (default: a temp dir)"
+    )
+    parser.add_argument("--generate-into", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    population = Population(args.edges, args.seed)
+    if args.generate_into:
+        work = Path(args.generate_into)
+        manifest = generate(population, work)
+        (work / "manifest.json").write_text(json.dumps(manifest))
+        return 0
+    os.environ.setdefault("PASSERELLE_ENV", "dev")
+    with tempfile.TemporaryDirectory(prefix="bench-matching-", dir=args.work_dir) as tmp:
+        result = run(population, Path(tmp))
+    ratio = result["load_seconds"] / result["copy_floor_seconds"]
+    checks = {
+        f"load ≤ {TARGETS['load_ratio']:g} × COPY floor (is {ratio:.2f} ×)": ratio
+        <= TARGETS["load_ratio"],
+        f"full match ≤ {TARGETS['match_seconds']:g} s": result["match_seconds"]
+        <= TARGETS["match_seconds"],
+        f"newcomer p99 ≤ {TARGETS['newcomer_p99_ms']:g} ms": result["newcomer_p99_ms"]
+        <= TARGETS["newcomer_p99_ms"],
+        f"RSS ≤ {TARGETS['rss_mb']:g} MiB": result["peak_rss_mb"] <= TARGETS["rss_mb"],
+    }
+    print("targets:")
+    for label, ok in checks.items():
+        print(f"  {label}: {'met' if ok else 'NOT met'}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

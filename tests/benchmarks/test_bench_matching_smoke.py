@@ -1,0 +1,49 @@
+"""The matching benchmark runs end to end at a small size and prints its JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = (
+    "bench",
+    "edges",
+    "load_seconds",
+    "copy_floor_seconds",
+    "match_seconds",
+    "newcomer_p50_ms",
+    "newcomer_p99_ms",
+    "peak_rss_mb",
+    "matches",
+)
+
+
+def test_bench_matching_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.benchmarks.bench_matching",
+            "--edges",
+            "20000",
+            "--work-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in KEYS:
+        assert key in result, key
+    assert result["bench"] == "matching"
+    assert 15_000 <= result["edges"] <= 20_000
+    assert result["matches"] > 0
+    assert result["newcomer_requests_published"] > 0
+    assert "targets:" in done.stdout
