@@ -127,6 +127,8 @@ class SignIn:
         account, handle = await self._ask_link(request)
         if person_id is None:
             person = await asyncio.to_thread(self.people.sign_in, "mastodon", account, handle)
+            # As for Bluesky: the sender only verified; now it keeps the token for this person.
+            await self._ask_link(request.model_copy(update={"person_id": person.id}))
         else:
             person = await self._attach(person_id, "mastodon", account, handle)
         return Proven(person, "mastodon", account, handle)
