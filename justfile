@@ -70,3 +70,11 @@ k8s-check: setup
 ops-generate:
     deploy/ops/install-tools
     var/ops-tools/bin/python deploy/ops/generate.py
+
+# The whole journey on this computer: local Bluesky PDS, Mastodon test servers, all services, demo people (Ctrl-C stops)
+demo port="8000": setup peers
+    uv run --no-sync python deploy/demo/run.py --port {{ port }}
+
+# Update the web pages' translation catalogs after changing their texts (then translate the new entries)
+i18n: setup
+    uv run --no-sync python -m passerelle_ingest.i18n

@@ -272,3 +272,10 @@ def test_a_mastodon_server_that_does_not_exist_is_explained_on_the_page(web: Web
         response = client.get("/auth/mastodon/start", params={"instance": "nowhere.invalid"})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "unknown_instance"
+
+
+def test_only_a_demonstration_node_offers_an_example_archive(web: WebEdge) -> None:
+    person = web.person("visitor.test")
+    with web.client(person) as client:
+        assert client.get("/demo/x-archive.zip").status_code == 404
+        assert "/demo/x-archive.zip" not in client.get("/upload").text

@@ -22,6 +22,8 @@ class Settings(PlatformSettings):
     """How to reach the operator (an e-mail address or a URL), shown on every page."""
     privacy_policy_url: str = ""
     """The operator's privacy policy, linked from every page."""
+    demo_archive: Path | None = None
+    """Demonstrations only (``just demo``): an example X archive the upload page offers."""
     public_url: str = "http://127.0.0.1:8000"
     """The address people reach this node at (OAuth redirects, secure cookies on https)."""
     session_max_age_seconds: int = Field(default=30 * 24 * 3600, gt=0)

@@ -393,6 +393,7 @@ class _Web:
         get("/account/delete")(self.delete_page)
         post("/account/delete")(self.delete)
         get("/static/{name}")(self.static)
+        get("/demo/x-archive.zip")(self.demo_archive)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -710,6 +711,7 @@ class _Web:
             last_import=last_import,
             error=error,
             upload_messages=self.upload_messages(ui),
+            demo=self.settings.demo_archive is not None,
         )
 
     def upload_messages(self, ui: Ui) -> dict[str, str]:
@@ -1224,6 +1226,13 @@ class _Web:
                 await store.delete(import_id)
             except Exception:  # noqa: BLE001 - already expired or removed
                 self.runtime.log.info("edge payload already gone")
+
+    async def demo_archive(self) -> Response:
+        """The example archive of a demonstration node (``just demo``), if there is one."""
+        path = self.settings.demo_archive
+        if path is None or not path.is_file():
+            return Response(status_code=404)
+        return FileResponse(path, media_type="application/zip", filename="x-archive-demo.zip")
 
     async def static(self, name: str) -> Response:
         path = STATIC / name
