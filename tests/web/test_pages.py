@@ -279,3 +279,39 @@ def test_only_a_demonstration_node_offers_an_example_archive(web: WebEdge) -> No
     with web.client(person) as client:
         assert client.get("/demo/x-archive.zip").status_code == 404
         assert "/demo/x-archive.zip" not in client.get("/upload").text
+
+
+def test_link_the_other_network_then_unlink_it(web: WebEdge) -> None:
+    web.world.bluesky_accounts["ida.bsky.test"] = "did:plc:ida"
+    person = web.person("ida@alpha.test", network="mastodon")
+    with web.client(person) as client:
+        page = client.get("/account", params={"lang": "fr"}).text
+        assert "Lier votre compte Bluesky" in text(page)
+        assert 'action="/account/unlink/mastodon"' not in page  # the only way to sign in
+        wrong = client.post(
+            "/account/link/bluesky",
+            data={
+                "identifier": "ida.bsky.test",
+                "app_password": "nope",
+                "csrf_token": web.csrf(person),
+            },
+        )
+        assert wrong.status_code == 400
+        linked = client.post(
+            "/account/link/bluesky",
+            data={
+                "identifier": "ida.bsky.test",
+                "app_password": GOOD_APP_PASSWORD,
+                "csrf_token": web.csrf(person),
+            },
+            follow_redirects=False,
+        )
+        assert linked.headers["location"] == "/account?done=linked"
+        assert {a.network for a in web.people.accounts(person)} == {"mastodon", "bluesky"}
+        page = client.get("/account").text
+        assert 'action="/account/unlink/bluesky"' in page
+        unlinked = client.post(
+            "/account/unlink/bluesky", data={"csrf_token": web.csrf(person)}, follow_redirects=False
+        )
+        assert unlinked.headers["location"] == "/account?done=unlinked"
+        assert {a.network for a in web.people.accounts(person)} == {"mastodon"}

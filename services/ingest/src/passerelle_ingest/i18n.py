@@ -159,7 +159,14 @@ def update_catalogs() -> list[str]:
             catalog = Catalog(locale=lang, domain=DOMAIN, project="passerelle")
         catalog.update(template, update_header_comment=False)
         with path.open("wb") as handle:
-            write_po(handle, catalog, width=100, ignore_obsolete=True, include_previous=True)
+            write_po(
+                handle,
+                catalog,
+                width=100,
+                no_location=True,
+                ignore_obsolete=True,
+                include_previous=True,
+            )
         missing = sum(1 for m in catalog if m.id and (not m.string or m.fuzzy))
         report.append(f"{lang}: {len(catalog)} messages, {missing} to translate")
     return report
