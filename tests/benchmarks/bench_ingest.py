@@ -45,6 +45,7 @@ _MEMBER_RE = re.compile(r"(?:.*/)?data/(?:account|follower|following)(?:-part\d+
 @dataclass
 class CliRun:
     seconds: float
+    cpu_seconds: float
     peak_rss_mb: float
     output: dict[str, object]
 
@@ -70,11 +71,12 @@ def archive_for(followers: int, following: int, directory: Path) -> Path:
     return path
 
 
-def floor_seconds(path: Path) -> float:
-    """Time to inflate the members the reader needs, discarding the bytes."""
+def floor_seconds(path: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds to inflate the members the reader needs, discarding the bytes."""
     with zipfile.ZipFile(path) as zf:
         infos = [i for i in zf.infolist() if _MEMBER_RE.fullmatch(i.filename)]
     started = time.perf_counter()
+    cpu_started = time.process_time()
     with path.open("rb") as fh:
         for info in infos:
             fh.seek(info.header_offset)
@@ -91,7 +93,7 @@ def floor_seconds(path: Path) -> float:
                 left -= len(block)
                 if inflater is not None:
                     inflater.decompress(block)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def console_script() -> str:
@@ -119,7 +121,7 @@ def run_cli(path: Path) -> CliRun:
         if proc.returncode != 0:
             raise SystemExit(f"CLI failed ({proc.returncode}): {err.read().decode()}")
         output = json.loads(out.read())
-    return CliRun(seconds, usage.ru_maxrss / 1024, output)
+    return CliRun(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output)
 
 
 def library_seconds(path: Path) -> float:
@@ -138,6 +140,8 @@ class Measure:
     seconds: float
     seconds_median: float
     floor_seconds: float
+    cpu_seconds: float
+    floor_cpu_seconds: float
     library_seconds: float
     peak_rss_mb: float
     output: dict[str, object]
@@ -149,7 +153,9 @@ class Measure:
 
 def measure(followers: int, following: int, runs: int, directory: Path) -> Measure:
     path = archive_for(followers, following, directory)
-    floors, clis, libs = [], [], []
+    floors: list[tuple[float, float]] = []
+    clis: list[CliRun] = []
+    libs: list[float] = []
     for _ in range(runs):  # interleaved, so a disturbance hits all three alike
         floors.append(floor_seconds(path))
         clis.append(run_cli(path))
@@ -162,7 +168,9 @@ def measure(followers: int, following: int, runs: int, directory: Path) -> Measu
         following=following,
         seconds=min(r.seconds for r in clis),
         seconds_median=statistics.median(r.seconds for r in clis),
-        floor_seconds=min(floors),
+        floor_seconds=min(wall for wall, _ in floors),
+        cpu_seconds=min(r.cpu_seconds for r in clis),
+        floor_cpu_seconds=min(cpu for _, cpu in floors),
         library_seconds=min(libs),
         peak_rss_mb=max(r.peak_rss_mb for r in clis),
         output=output,
@@ -200,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  library only (read_archive, in-process): {result.library_seconds:.3f} s")
     print(
+        f"  CPU time: CLI {result.cpu_seconds:.3f} s (all threads) vs floor "
+        f"{result.floor_cpu_seconds:.3f} s; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
         f"  ratio CLI/floor: {result.ratio:.2f}  (library/floor: "
         f"{result.library_seconds / result.floor_seconds:.2f})"
     )
@@ -227,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(result.ratio, 3),
         "peak_rss_mb": round(result.peak_rss_mb, 1),
         "library_seconds": round(result.library_seconds, 4),
+        "cpu_seconds": round(result.cpu_seconds, 4),
+        "floor_cpu_seconds": round(result.floor_cpu_seconds, 4),
+        "load_average": round(os.getloadavg()[0], 2),
         "targets_met": all(targets.values()),
     }
     if growth is not None and baseline is not None:
