@@ -213,7 +213,8 @@ def test_results_select_and_follow(web: WebEdge) -> None:
         # Counts first, then the first page of 50 of the 60 people followed.
         assert "1–50 of 60" in words
         assert page.count('name="targets"') == 50
-        assert "Unverified: this person says the X account is theirs" in words
+        assert "Unverified claim" in words
+        assert "this person says the X account is theirs, but X has not confirmed it" in words
         assert 'rel="next"' in page
 
         csrf = web.csrf(person)

@@ -124,9 +124,13 @@ STATE_LABELS: Final = {
     "declined": N_("Left out"),
 }
 TRUST_LABELS: Final = {
-    "claimed": N_("Unverified: this person says the X account is theirs, X has not confirmed it"),
-    "disputed": N_("Disputed: more than one person says this X account is theirs"),
+    "claimed": N_("Unverified claim"),
+    "disputed": N_("Disputed"),
 }
+TRUST_LEGEND: Final = N_(
+    "“Unverified claim”: this person says the X account is theirs, but X has not confirmed "
+    "it. “Disputed”: more than one person says so. Check their profile before following."
+)
 ERROR_MESSAGES: Final = {
     # The edge's own refusals.
     "csrf": N_("This form expired. Reload the page and try again."),
@@ -915,6 +919,9 @@ class _Web:
                 ),
             },
             items=[_item_view(ui, item) for item in listing.items],
+            trust_legend=(
+                ui._(TRUST_LEGEND) if any(i.trust in TRUST_LABELS for i in listing.items) else None
+            ),
             pages={
                 "prev": href(page=page_number - 1) if page_number > 1 else None,
                 "next": href(page=page_number + 1) if last < listing.total else None,
