@@ -72,14 +72,22 @@ def x_id(target: str) -> str:
 
 @dataclass
 class Harness:
-    """The sender in this process, and an edge-side NATS client watching its events."""
+    """The edge's view: a NATS client watching the sender's events (and the sender itself
+    when it runs in this process)."""
 
-    sender: MastodonSender
+    sender: MastodonSender | None
     edge: NatsBroker
     fleet: MastodonFleet
     results: list[FollowResult] = field(default_factory=list)
     linked: list[IdentityLinked] = field(default_factory=list)
     unlinked: list[IdentityUnlinked] = field(default_factory=list)
+
+    @property
+    def local(self) -> MastodonSender:
+        """The sender running in this process."""
+        if self.sender is None:
+            raise AssertionError("the sender runs in another process")
+        return self.sender
 
     async def on_event(self, msg: Any) -> None:
         data = json.loads(msg.data)

@@ -6,8 +6,11 @@ import asyncio
 import json
 
 import nats.js.errors
+from sqlalchemy import text
 
+from passerelle_contracts import UserErased
 from passerelle_contracts.streams import DEAD_LETTERS, FOLLOW_REQUESTS, dead_letter_subject
+from passerelle_platform.broker import publish_event
 from tests.mastodon.support import Harness
 
 
@@ -188,22 +191,17 @@ async def test_unlink_ends_open_follows(harness: Harness) -> None:
 
 
 async def test_erasure_forgets_everything(harness: Harness) -> None:
-    from passerelle_contracts import UserErased
-    from passerelle_platform.broker import publish_event
-
     alpha = harness.fleet["alpha.test"]
     actor = await link_alice(harness)
     alpha.create_account("carol")
     await harness.request_follows("p-alice", actor, ["carol@alpha.test"])
     await harness.wait_results("p-alice", 1)
     await publish_event(harness.edge, UserErased(region="test", person_id="p-alice"))
-    store, ledger = harness.sender.store, harness.sender.ledger
+    store, ledger = harness.local.store, harness.local.ledger
     await harness.wait_for(lambda: store.link("p-alice") is None, what="link forgotten")
     await harness.wait_for(lambda: all(t["revoked_at"] for t in alpha.tokens()), what="revoked")
     assert ledger.backlog() == 0
-    with harness.sender.runtime.engine.connect() as conn:  # type: ignore[union-attr]
-        from sqlalchemy import text
-
+    with ledger.engine.connect() as conn:
         for table in ("mastodon_follow", "mastodon_link", "mastodon_pending_link"):
             count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
             assert count == 0, table
@@ -241,3 +239,21 @@ async def test_a_poison_message_goes_to_the_dead_letters_alone(harness: Harness)
         assert asyncio.get_running_loop().time() < deadline, "no dead letter"
         await asyncio.sleep(0.2)
     assert json.loads((await dead())[0]) == {"type": "follow.requested.mastodon"}
+
+
+async def test_granular_scopes_refused_after_linking_ask_the_person_again(
+    harness: Harness,
+) -> None:
+    alpha, beta = harness.fleet["alpha.test"], harness.fleet["beta.test"]
+    actor = await link_alice(harness)
+    beta.create_account("bob")
+    alpha.configure(granular_scopes_unsupported=True)  # e.g. the server was changed
+    await harness.request_follows("p-alice", actor, ["bob@beta.test"])
+    results = await harness.wait_results("p-alice", 1)
+    assert (results["bob@beta.test"].outcome, results["bob@beta.test"].reason) == (
+        "failed",
+        "reauthorize_required",
+    )
+    await harness.wait_for(lambda: len(harness.unlinked) == 1, what="identity.unlinked")
+    again = await harness.authorize("alpha.test")
+    assert "scope=read+write+follow" in (again.authorize_url or "")

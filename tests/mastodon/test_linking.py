@@ -91,7 +91,7 @@ async def test_tokens_are_encrypted_at_rest_and_never_logged(
     await harness.sign_in("alpha.test", "alice", "p-alice")
     token = alpha.tokens()[0]["token"]
     secret = alpha.apps()[0]["client_secret"]
-    database = harness.sender.settings.data_dir / "mastodon_sender.sqlite3"
+    database = harness.local.settings.data_dir / "mastodon_sender.sqlite3"
     raw = database.read_bytes() + b"".join(
         p.read_bytes() for p in database.parent.glob("mastodon_sender.sqlite3-*")
     )
@@ -99,7 +99,7 @@ async def test_tokens_are_encrypted_at_rest_and_never_logged(
     assert secret.encode() not in raw
     with sqlite3.connect(database) as db:
         (stored,) = db.execute("SELECT token_enc FROM mastodon_link").fetchone()
-    assert harness.sender.vault.decrypt(stored) == token
+    assert harness.local.vault.decrypt(stored) == token
     out, err = capfd.readouterr()
     assert token not in out + err
     assert secret not in out + err

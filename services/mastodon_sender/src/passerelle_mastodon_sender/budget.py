@@ -66,6 +66,8 @@ class Window:
         """End of the current window (epoch seconds); 0 until first used."""
         self.used = 0
         self.blocked_until = 0.0
+        self.server_reset: float | None = None
+        """The reset the server last announced for this counter."""
 
     @property
     def limit(self) -> int:
@@ -74,28 +76,36 @@ class Window:
 
     @property
     def remaining(self) -> int:
+        """Uses left in the current window (as last rolled)."""
         return max(0, self.limit - self.used)
 
-    def _roll(self, now: float) -> None:
-        """Move to the window containing ``now`` (past the guard band of the old one)."""
+    def _current(self, now: float) -> tuple[float, int]:
+        """(end, used) of the window containing ``now``, once past the old one's guard band."""
         if self.end == 0.0:
-            self.end = (math.floor(now / self.period) + 1) * self.period
-            return
+            return (math.floor(now / self.period) + 1) * self.period, 0
         if now >= self.end + self.guard:
             steps = math.floor((now - self.end) / self.period) + 1
-            self.end += steps * self.period
-            self.used = 0
+            return self.end + steps * self.period, 0
+        return self.end, self.used
+
+    def _roll(self, now: float) -> None:
+        self.end, self.used = self._current(now)
+
+    def used_at(self, now: float) -> int:
+        """Uses counted in the window containing ``now``."""
+        return self._current(now)[1]
 
     def ready_at(self, now: float) -> float:
-        """The earliest time (>= ``now``) one more use is allowed."""
+        """The earliest time (>= ``now``) one more use is allowed (no state changes)."""
         if now < self.blocked_until:
             return self.blocked_until
-        self._roll(now)
-        start = self.end - self.period
-        if now < start + self.guard:
+        end, used = self._current(now)
+        start = end - self.period
+        if self.end == 0.0 and now < start + self.guard:
+            # First use, just after a boundary: the server may not have rolled yet.
             return start + self.guard
-        if now >= self.end - self.guard or self.remaining <= 0:
-            return self.end + self.guard
+        if now >= end - self.guard or used >= self.limit:
+            return end + self.guard
         return now
 
     def spend(self, now: float) -> None:
@@ -112,6 +122,8 @@ class Window:
         """The server's own count for this window (from its headers)."""
         if rate.reset_at <= now:
             return
+        self._roll(now)
+        self.server_reset = rate.reset_at
         if rate.limit >= 1:
             self.learned_limit = rate.limit if rate.limit < self.configured_limit else None
         if abs(rate.reset_at - self.end) > self.guard:
@@ -154,11 +166,20 @@ class AccountBudget:
         """Whether headers on a follow response describe the follows counter.
 
         Mastodon shows the follows counter there when it has fewer remaining than the
-        call counter; its window (a day) reaches far beyond a call window's end.
+        call counter. Every other call shows the call counter, so headers that are not
+        the call counter we last saw (same limit, same reset) are the follows counter.
         """
-        if rate.reset_at - now > self.requests.period + 2 * self.requests.guard:
+        calls = self.requests
+        if calls.server_reset is not None and calls.server_reset > now:
+            return not (
+                rate.limit == calls.limit
+                and abs(rate.reset_at - calls.server_reset) <= max(1.0, calls.guard)
+            )
+        # Nothing seen yet in this call window: the follows window (a day) reaches far
+        # beyond a call window's end, or the limit tells.
+        if rate.reset_at - now > calls.period + 2 * calls.guard:
             return True
-        return rate.limit == self.follows.limit and rate.limit != self.requests.limit
+        return rate.limit == self.follows.limit and rate.limit != calls.limit
 
     def observe(self, rate: RateInfo | None, now: float, *, follow_call: bool) -> None:
         if rate is None:

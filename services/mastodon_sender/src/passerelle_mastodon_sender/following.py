@@ -665,8 +665,7 @@ class Follower:
                     budget = self._budgets.get(person_id)
                     if budget is None:
                         continue
-                    budget.follows.ready_at(now)
-                    used += budget.follows.used
+                    used += budget.follows.used_at(now)
                     allowed += budget.follows.limit
                 self.metrics.budget_used.labels("mastodon").set(used)
                 self.metrics.budget_allowed.labels("mastodon").set(allowed)

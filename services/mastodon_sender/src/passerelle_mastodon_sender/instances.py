@@ -29,10 +29,9 @@ def normalize_domain(text: str) -> str:
     if "://" in value:
         value = urlsplit(value).hostname or ""
     else:
-        value = value.lstrip("@")
+        value = value.split("/", 1)[0].lstrip("@")
         if "@" in value:  # user@domain
             value = value.rsplit("@", 1)[1]
-        value = value.split("/", 1)[0]
     value = value.rstrip(".").lower()
     try:
         domain = value.encode("idna").decode("ascii")
