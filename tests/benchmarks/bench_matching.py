@@ -64,6 +64,7 @@ FULL_EDGES = 23_000_000
 FULL_PEOPLE = 17_000
 FULL_ACCOUNTS = 5_000_000
 NEWCOMERS = 1_000
+GENERATOR_VERSION = "v1"
 COMMUNITY_SHARE = 0.25
 """Share of edge targets drawn from the registered community (over-represented)."""
 RECIPROCITY = 0.3
@@ -291,9 +292,9 @@ def load_phase(store: MatchingStore, population: Population, payloads: Path) -> 
     return time.perf_counter() - started
 
 
-def floor_phase(url: str, directory: Path) -> tuple[float, float]:
+def floor_phase(url: str, directory: Path, work: Path) -> tuple[float, float]:
     """Plain COPY of the same edges into an unindexed table: (CSV seconds, binary seconds)."""
-    csv_path = directory / "floor.csv"
+    csv_path = work / "floor.csv"
     with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
         conn.execute("CREATE TABLE bench_floor (owner bigint, direction smallint, x_id bigint)")
         started = time.perf_counter()
@@ -339,7 +340,9 @@ def match_phase(store: MatchingStore) -> tuple[float, int, int]:
     return seconds, matches, pending
 
 
-async def newcomer_phase(url: str, population: Population, work: Path) -> tuple[list[float], int]:
+async def newcomer_phase(
+    url: str, population: Population, work: Path
+) -> tuple[list[tuple[float, int]], int]:
     """Each newcomer's identity.linked through the service, on a real nats-server."""
     nats = NatsServer(work / "nats").start()
     try:
@@ -361,7 +364,7 @@ async def newcomer_phase(url: str, population: Population, work: Path) -> tuple[
             await asyncio.sleep(0.05)
         attrs = population.attributes()
         published_before = _published(service)
-        latencies: list[float] = []
+        latencies: list[tuple[float, int]] = []
         for i in range(population.people - population.newcomers, population.people):
             network: Network = "bluesky" if attrs["bluesky"][i] else "mastodon"
             account = population.account(i, network)
@@ -372,9 +375,10 @@ async def newcomer_phase(url: str, population: Population, work: Path) -> tuple[
                 account=account,
                 handle=account,
             )
+            before = _published(service)
             started = time.perf_counter()
             await service.on_identity_linked(event)
-            latencies.append((time.perf_counter() - started) * 1000)
+            latencies.append(((time.perf_counter() - started) * 1000, _published(service) - before))
         published = _published(service) - published_before
         await service.runtime.stop()
         return latencies, published
@@ -398,32 +402,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def run(population: Population, work: Path) -> dict[str, Any]:
+def run(population: Population, cache: Path, work: Path) -> dict[str, Any]:
     print(
         f"population: {population.people:,} people among {population.accounts:,} X accounts,"
         f" ~{population.edges:,} edges, {population.newcomers:,} newcomers",
         flush=True,
     )
     started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.benchmarks.bench_matching",
-            "--edges",
-            str(population.edges),
-            "--seed",
-            str(population.seed),
-            "--generate-into",
-            str(work),
-        ],
-        check=True,
-    )
-    manifest = json.loads((work / "manifest.json").read_text())
-    print(
-        f"generated {manifest['edges']:,} edges in {time.perf_counter() - started:.1f} s",
-        flush=True,
-    )
+    data = cache / f"population-{population.edges}-{population.seed}-{GENERATOR_VERSION}"
+    if not (data / "manifest.json").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.benchmarks.bench_matching",
+                "--edges",
+                str(population.edges),
+                "--seed",
+                str(population.seed),
+                "--generate-into",
+                str(data),
+            ],
+            check=True,
+        )
+        print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    print(f"population: {manifest['edges']:,} edges in {data}", flush=True)
     with postgres_server() as url:
         tune(url)
         engine = make_engine(url)
@@ -431,9 +436,9 @@ def run(population: Population, work: Path) -> dict[str, Any]:
         store = MatchingStore(engine, trust_archive_claims=True)
         directory = directory_phase(store, population)
         print(f"directory: {directory:.1f} s", flush=True)
-        load = load_phase(store, population, work / "payloads")
+        load = load_phase(store, population, data / "payloads")
         print(f"load: {load:.1f} s ({store.count_edges():,} edges stored)", flush=True)
-        floor_csv, floor_binary = floor_phase(url, work)
+        floor_csv, floor_binary = floor_phase(url, data, work)
         print(
             f"COPY floor: {floor_csv:.1f} s from CSV, {floor_binary:.1f} s from binary", flush=True
         )
@@ -451,8 +456,14 @@ def run(population: Population, work: Path) -> dict[str, Any]:
             }
             version = str(c.execute(sa.text("SHOW server_version")).scalar_one())
         engine.dispose()
-        latencies, published = asyncio.run(newcomer_phase(url, population, work))
+        timed, published = asyncio.run(newcomer_phase(url, population, work))
+        latencies = [ms for ms, _ in timed]
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        slowest = sorted(timed, reverse=True)[: max(1, len(timed) // 100)]
+        print(
+            "  the slowest 1 %: " + ", ".join(f"{ms:.0f} ms ({n:,} requests)" for ms, n in slowest),
+            flush=True,
+        )
         print(
             f"newcomers: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms,"
             f" {published:,} follow requests published",
@@ -476,6 +487,7 @@ def run(population: Population, work: Path) -> dict[str, Any]:
         "requested_by_full_match": pending,
         "newcomer_requests_published": published,
         "newcomer_mean_ms": round(statistics.fmean(latencies), 2),
+        "newcomer_max_requests": max(n for _, n in timed),
         "bytes": sizes,
         "postgres": version,
     }
@@ -486,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edges", type=int, default=FULL_EDGES)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--work-dir", help="where to put the generated payloads (default: a temp dir)"
+        "--cache-dir",
+        help="keep the generated population here and reuse it (default: a temp dir, removed)",
     )
+    parser.add_argument("--work-dir", help="where temporary files go (default: the system's)")
     parser.add_argument("--generate-into", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     population = Population(args.edges, args.seed)
@@ -498,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("PASSERELLE_ENV", "dev")
     with tempfile.TemporaryDirectory(prefix="bench-matching-", dir=args.work_dir) as tmp:
-        result = run(population, Path(tmp))
+        cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
+        result = run(population, cache, Path(tmp))
     ratio = result["load_seconds"] / result["copy_floor_seconds"]
     checks = {
         f"load ≤ {TARGETS['load_ratio']:g} × COPY floor (is {ratio:.2f} ×)": ratio

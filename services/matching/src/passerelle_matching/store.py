@@ -53,6 +53,7 @@ from passerelle_matching.models import (
     FOLLOWING,
     NETWORK_CODES,
     NETWORK_NAMES,
+    PENDING,
     PROPOSED,
     REQUESTED,
     SELECTED,
@@ -268,14 +269,17 @@ class MatchingStore:
         """The matches the edges in ``edges`` justify, filtered by ``where``.
 
         Columns: person_key, network, target_key, directions (mask), state (the
-        state a new match starts in), target_account (set when requested).
+        state a new match starts in), target_account (set when requested). Plain
+        ``MAX`` aggregates (no ``DISTINCT``) let the database hash the groups.
         """
         auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {self._trusted_sql})"
         return (
             "SELECT o.person_key AS person_key, a.network AS network,"
-            " t.person_key AS target_key, SUM(DISTINCT e.direction) AS directions,"
-            f" CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END AS state,"
-            f" CASE WHEN {auto} THEN a.account END AS target_account"
+            " t.person_key AS target_key,"
+            f" MAX(CASE WHEN e.direction = {FOLLOWING} THEN {FOLLOWING} ELSE 0 END)"
+            f" + MAX(CASE WHEN e.direction = {FOLLOWER} THEN {FOLLOWER} ELSE 0 END) AS directions,"
+            f" MAX(CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END) AS state,"
+            f" MAX(CASE WHEN {auto} THEN a.account END) AS target_account"
             f" FROM {edges} e"
             " JOIN matching_person o ON o.import_key = e.import_key"
             " JOIN matching_person t ON t.x_id = e.x_id"
@@ -283,9 +287,15 @@ class MatchingStore:
             " LEFT JOIN matching_account oa ON oa.person_key = o.person_key"
             "  AND oa.network = a.network AND oa.account IS NOT NULL"
             f" WHERE t.consent_matching AND t.person_key <> o.person_key AND ({where})"
-            " GROUP BY o.person_key, a.network, t.person_key, o.consent_auto_follow,"
-            " oa.account, t.trust, a.account"
+            " GROUP BY o.person_key, a.network, t.person_key"
         )
+
+    _INSERT = (
+        "INSERT INTO matching_match (person_key, network, target_key, directions, state,"
+        " reason, target_account, pending, created_at, updated_at)"
+        " SELECT d.person_key, d.network, d.target_key, d.directions, d.state, NULL,"
+        f" d.target_account, d.state = {REQUESTED}, :now, :now"
+    )
 
     def _upsert(self, derived: str, *, order: bool = False) -> str:
         """Insert new matches, update directions, promote to ``requested`` when due."""
@@ -294,11 +304,7 @@ class MatchingStore:
         )
         order_by = " ORDER BY d.person_key, d.network, d.target_key" if order else ""
         return (
-            "INSERT INTO matching_match (person_key, network, target_key, directions, state,"
-            " reason, target_account, pending, created_at, updated_at)"
-            " SELECT d.person_key, d.network, d.target_key, d.directions, d.state, NULL,"
-            f" d.target_account, d.state = {REQUESTED}, :now, :now"
-            f" FROM ({derived}) d WHERE true{order_by}"
+            self._INSERT + f" FROM ({derived}) d WHERE true{order_by}"
             " ON CONFLICT (person_key, network, target_key) DO UPDATE SET"
             " directions = excluded.directions,"
             f" state = CASE WHEN {promote} THEN {REQUESTED} ELSE matching_match.state END,"
@@ -627,15 +633,31 @@ class MatchingStore:
         with self._write() as c:
             empty = c.execute(text("SELECT 1 FROM matching_match LIMIT 1")).first() is None
             if empty and self.dialect == "postgresql":
-                # A first build: one sorted insert, then the target index built in bulk.
+                # A first build: one plain insert in key order (nothing to conflict
+                # with), the secondary indexes built afterwards, in bulk.
+                c.execute(text("SET LOCAL work_mem = '256MB'"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_target"))
-                c.execute(text(self._upsert(derived, order=True)), {"now": self.clock()})
+                c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending"))
+                c.execute(
+                    text(
+                        self._INSERT + f" FROM ({derived}) d"
+                        " ORDER BY d.person_key, d.network, d.target_key"
+                    ),
+                    {"now": self.clock()},
+                )
                 c.execute(
                     text(
                         "CREATE INDEX ix_matching_match_target"
                         " ON matching_match (target_key, network)"
                     )
                 )
+                c.execute(
+                    text(
+                        "CREATE INDEX ix_matching_match_pending"
+                        f" ON matching_match (person_key) WHERE {PENDING}"
+                    )
+                )
+                c.execute(text("ANALYZE matching_match"))
             else:
                 c.execute(text("CREATE TEMPORARY TABLE matching_derived AS " + derived))
                 c.execute(
