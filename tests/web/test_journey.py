@@ -8,13 +8,17 @@ follows some, watches progress reach the end, and the follows are on the servers
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nats
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from passerelle_contracts.rpc import MatchSummaryReply, MatchSummaryRequest
 from tests.peers.mastodon.harness import MastodonFleet
 from tests.peers.pds.fixtures import pds
 from tests.peers.pds.harness import LocalPds
@@ -186,6 +190,8 @@ def test_mastodon_journey_then_delete_everything(
     assert "ann@alpha.test" in csv.text()
 
     # Delete everything, with confirmation.
+    person_id = page.request.get("/api/me").json()["person_id"]
+    assert matching_summary(stack, person_id)  # matching knows her matches
     page.goto("/account/delete?lang=es")
     page.locator("form[action='/account/delete'] button[type=submit]").click()
     expect(page).to_have_url(re.compile(r"/account/delete"))  # the box was not ticked
@@ -194,4 +200,36 @@ def test_mastodon_journey_then_delete_everything(
     page.wait_for_url(re.compile(r"/\?erased=1"))
     expect(page.locator(".notice")).to_contain_text("Todo lo tuyo se ha borrado")
     assert page.request.get("/api/me").status == 401
+    # Matching forgot her too (user.erased), and signing in again starts from nothing.
+    wait_for(lambda: not matching_summary(stack, person_id), 60, "matching erased her matches")
+    page.goto("/signin?lang=es")
+    page.fill("#mastodon-instance", "alpha.test")
+    page.locator("form[action='/auth/mastodon/start'] button").click()
+    page.locator("#approve button, #approve [type=submit]").first.click()
+    page.wait_for_url("**/consents")
+    assert page.request.get("/api/me").json()["person_id"] != person_id
+    page.goto("/results?lang=es")
+    expect(page.locator("main")).to_contain_text("passerelle necesita tu archivo de X")
     page.context.close()
+
+
+def matching_summary(stack: Stack, person_id: str) -> list[dict[str, object]]:
+    """What the matching service answers about a person, asked over NATS like the edge does."""
+
+    async def ask() -> list[dict[str, object]]:
+        client = await nats.connect(stack.nats.url if stack.nats else "")
+        try:
+            request = MatchSummaryRequest(region="local", person_id=person_id)
+            reply = await client.request(
+                request.subject, request.model_dump_json().encode(), timeout=10
+            )
+        finally:
+            await client.close()
+        counts: list[dict[str, object]] = MatchSummaryReply.model_validate_json(
+            reply.data
+        ).model_dump()["counts"]
+        return counts
+
+    # Playwright's sync API owns this thread's event loop: ask from another thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, ask()).result()
