@@ -134,4 +134,7 @@ async def test_without_headers_our_own_budget_keeps_mastodons_limits(
         assert summary["violations"] == 0
         assert throttled(fleet) == 0
         days = follows_per_window(fleet, "alpha.test", "alice", DAY)
-        assert days == {day // DAY: 400, day // DAY + 1: 50}
+        # 450 > 400: the work spans midnight, and no day gets more than 400 (on a
+        # loaded machine fewer than 400 may fit in the 90 minutes before midnight).
+        assert set(days) == {day // DAY, day // DAY + 1}
+        assert max(days.values()) <= 400

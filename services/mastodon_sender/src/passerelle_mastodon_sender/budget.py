@@ -53,18 +53,29 @@ def parse_rate_headers(headers: Mapping[str, str]) -> RateInfo | None:
 
 
 class Window:
-    """One fixed-window counter: ``limit`` uses per ``period`` seconds."""
+    """One fixed-window counter: ``limit`` uses per ``period`` seconds.
 
-    def __init__(self, limit: int, period: float, guard: float = 0.0) -> None:
-        if limit < 1 or period <= 0 or guard < 0 or 2 * guard >= period:
-            raise ValueError("need limit >= 1, period > 0 and 0 <= guard < period / 2")
+    ``guard``: how far our clock may be off the server's; nothing is used in the
+    first ``guard`` seconds of a window we have not heard the server confirm.
+    ``margin``: how late a call may reach the server; a use within ``guard + margin``
+    of a window's end may land in the next window, so it counts in both.
+    """
+
+    def __init__(self, limit: int, period: float, guard: float = 0.0, margin: float = 0.0) -> None:
+        if limit < 1 or period <= 0 or guard < 0 or margin < 0 or 2 * (guard + margin) >= period:
+            raise ValueError("need limit >= 1, period > 0 and 0 <= guard + margin < period / 2")
         self.configured_limit = limit
         self.learned_limit: int | None = None
         self.period = period
         self.guard = guard
+        self.margin = margin
         self.end = 0.0
         """End of the current window (epoch seconds); 0 until first used."""
         self.used = 0
+        self.carry = 0
+        """Uses near this window's end, counted in the next window too."""
+        self.confirmed = False
+        """Whether the server's headers placed us in this window."""
         self.blocked_until = 0.0
         self.server_reset: float | None = None
         """The reset the server last announced for this counter."""
@@ -79,17 +90,18 @@ class Window:
         """Uses left in the current window (as last rolled)."""
         return max(0, self.limit - self.used)
 
-    def _current(self, now: float) -> tuple[float, int]:
-        """(end, used) of the window containing ``now``, once past the old one's guard band."""
+    def _current(self, now: float) -> tuple[float, int, int, bool]:
+        """(end, used, carry, confirmed) of the window containing ``now``."""
         if self.end == 0.0:
-            return (math.floor(now / self.period) + 1) * self.period, 0
-        if now >= self.end + self.guard:
+            return (math.floor(now / self.period) + 1) * self.period, 0, 0, False
+        if now >= self.end:
             steps = math.floor((now - self.end) / self.period) + 1
-            return self.end + steps * self.period, 0
-        return self.end, self.used
+            used = self.carry if steps == 1 else 0
+            return self.end + steps * self.period, used, 0, False
+        return self.end, self.used, self.carry, self.confirmed
 
     def _roll(self, now: float) -> None:
-        self.end, self.used = self._current(now)
+        self.end, self.used, self.carry, self.confirmed = self._current(now)
 
     def used_at(self, now: float) -> int:
         """Uses counted in the window containing ``now``."""
@@ -99,12 +111,12 @@ class Window:
         """The earliest time (>= ``now``) one more use is allowed (no state changes)."""
         if now < self.blocked_until:
             return self.blocked_until
-        end, used = self._current(now)
+        end, used, _, confirmed = self._current(now)
         start = end - self.period
-        if self.end == 0.0 and now < start + self.guard:
-            # First use, just after a boundary: the server may not have rolled yet.
+        if not confirmed and now < start + self.guard:
+            # Just after a boundary: the server's clock may not be there yet.
             return start + self.guard
-        if now >= end - self.guard or used >= self.limit:
+        if used >= self.limit:
             return end + self.guard
         return now
 
@@ -112,11 +124,15 @@ class Window:
         """Count one use (call :meth:`ready_at` first)."""
         self._roll(now)
         self.used += 1
+        if now >= self.end - self.guard - self.margin:
+            self.carry += 1
 
     def restore(self, end: float, used: int) -> None:
         """Start from a saved count (after a restart)."""
         self.end = end
         self.used = used
+        self.carry = 0
+        self.confirmed = False
 
     def observe(self, rate: RateInfo, now: float) -> None:
         """The server's own count for this window (from its headers)."""
@@ -130,6 +146,7 @@ class Window:
             # The server's window boundary is the truth (our clock may be skewed).
             self.end = rate.reset_at
         self.used = max(0, self.limit - rate.remaining)
+        self.confirmed = True
 
     def refused(self, rate: RateInfo | None, now: float) -> None:
         """A 429: nothing more until the server's reset (or the end of our window)."""

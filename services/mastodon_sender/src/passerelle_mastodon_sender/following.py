@@ -278,6 +278,7 @@ class Follower:
             s.mastodon_requests_per_window,
             s.mastodon_requests_window_seconds,
             s.mastodon_window_guard_seconds,
+            s.mastodon_latency_margin_seconds,
         )
         if link.requests_window_end > now:
             requests.restore(link.requests_window_end, link.requests_reserved)
@@ -286,6 +287,7 @@ class Follower:
             s.mastodon_follows_per_window,
             s.mastodon_follows_window_seconds,
             s.mastodon_window_guard_seconds,
+            s.mastodon_latency_margin_seconds,
         )
         period = s.mastodon_follows_window_seconds
         start = math.floor(now / period) * period

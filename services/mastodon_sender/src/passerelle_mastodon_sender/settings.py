@@ -53,8 +53,11 @@ class Settings(PlatformSettings):
     mastodon_requests_per_window: int = Field(default=300, ge=1)
     mastodon_requests_window_seconds: float = Field(default=300.0, gt=0)
     mastodon_window_guard_seconds: float = Field(default=1.0, ge=0)
-    """No call this close to a window boundary: covers the skew between our clock and the
-    instance's (a call on the wrong side of a boundary would count in the next window)."""
+    """How far our clock may be off an instance's: no call in a window's first seconds
+    until the server confirms we are in it."""
+    mastodon_latency_margin_seconds: float = Field(default=5.0, ge=0)
+    """How late a call may reach an instance: calls this close to a window's end also
+    count in the next window (the server may count them there)."""
     mastodon_request_reserve_chunk: int = Field(default=25, ge=1)
     """Request counters are saved ahead in chunks, so a restart never forgets used calls."""
     mastodon_follow_cap: int = Field(default=7_500, ge=1)
