@@ -143,6 +143,7 @@ class Measure:
     cpu_seconds: float
     floor_cpu_seconds: float
     library_seconds: float
+    fixed_seconds: float
     peak_rss_mb: float
     output: dict[str, object]
 
@@ -153,13 +154,16 @@ class Measure:
 
 def measure(followers: int, following: int, runs: int, directory: Path) -> Measure:
     path = archive_for(followers, following, directory)
+    tiny = archive_for(1, 1, directory)
     floors: list[tuple[float, float]] = []
     clis: list[CliRun] = []
     libs: list[float] = []
-    for _ in range(runs):  # interleaved, so a disturbance hits all three alike
+    fixed: list[float] = []
+    for _ in range(runs):  # interleaved, so a disturbance hits all alike
         floors.append(floor_seconds(path))
         clis.append(run_cli(path))
         libs.append(library_seconds(path))
+        fixed.append(run_cli(tiny).seconds)
     output = clis[-1].output
     if output.get("followers") != followers or output.get("following") != following:
         print(f"warning: counts differ from the spec: {output}", file=sys.stderr)
@@ -172,6 +176,7 @@ def measure(followers: int, following: int, runs: int, directory: Path) -> Measu
         cpu_seconds=min(r.cpu_seconds for r in clis),
         floor_cpu_seconds=min(cpu for _, cpu in floors),
         library_seconds=min(libs),
+        fixed_seconds=min(fixed),
         peak_rss_mb=max(r.peak_rss_mb for r in clis),
         output=output,
     )
@@ -208,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  library only (read_archive, in-process): {result.library_seconds:.3f} s")
     print(
+        f"  CLI fixed cost (same command on a 1-follower archive: interpreter, imports): "
+        f"{result.fixed_seconds:.3f} s"
+    )
+    print(
         f"  CPU time: CLI {result.cpu_seconds:.3f} s (all threads) vs floor "
         f"{result.floor_cpu_seconds:.3f} s; load average {os.getloadavg()[0]:.2f}"
     )
@@ -239,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(result.ratio, 3),
         "peak_rss_mb": round(result.peak_rss_mb, 1),
         "library_seconds": round(result.library_seconds, 4),
+        "cli_fixed_seconds": round(result.fixed_seconds, 4),
         "cpu_seconds": round(result.cpu_seconds, 4),
         "floor_cpu_seconds": round(result.floor_cpu_seconds, 4),
         "load_average": round(os.getloadavg()[0], 2),
