@@ -140,7 +140,12 @@ def test_bluesky_journey(
 
 
 def test_mastodon_journey_then_delete_everything(
-    browser: Browser, stack: Stack, fleet: MastodonFleet, tmp_path: Path, artifacts: Path
+    browser: Browser,
+    stack: Stack,
+    fleet: MastodonFleet,
+    pds: LocalPds,
+    tmp_path: Path,
+    artifacts: Path,
 ) -> None:
     alpha, beta = fleet["alpha.test"], fleet["beta.test"]
     for instance, name in ((alpha, "ann"), (beta, "ben"), (beta, "bea"), (alpha, "nora")):
@@ -188,6 +193,18 @@ def test_mastodon_journey_then_delete_everything(
     assert csv.ok
     assert "Account address" in csv.text()
     assert "ann@alpha.test" in csv.text()
+
+    # Link the other network (checked by the real Bluesky sender), then unlink it.
+    her_bluesky = pds.create_account("nora-sky")
+    page.goto("/account?lang=es")
+    page.fill("#bsky-identifier", her_bluesky.handle)
+    page.fill("#bsky-password", her_bluesky.app_password)
+    page.locator("form[action='/account/link/bluesky'] button").click()
+    page.wait_for_url(re.compile(r"/account\?done=linked"))
+    expect(page.locator('li[data-network="bluesky"]')).to_contain_text(her_bluesky.handle)
+    page.locator("form[action='/account/unlink/bluesky'] button").click()
+    page.wait_for_url(re.compile(r"/account\?done=unlinked"))
+    expect(page.locator('li[data-network="bluesky"]')).to_have_count(0)
 
     # Delete everything, with confirmation.
     person_id = page.request.get("/api/me").json()["person_id"]
