@@ -310,3 +310,15 @@ def test_a_refusal_from_the_server_is_shown_translated(
     assert answer.value.status in (400, 422)
     expect(page.get_by_role("alert")).to_contain_text("Vuelve a descargar tu archivo de X")
     context.close()
+
+
+def test_an_error_from_the_server_takes_the_focus(browser: Browser, web: WebEdge) -> None:
+    context = new_context(browser, web, None, "de")
+    page = context.new_page()
+    page.goto("/signin?lang=de")
+    page.fill("#bsky-identifier", "nobody.test")
+    page.fill("#bsky-password", "wrong-wrong-wrong")
+    page.locator("form[action='/signin/bluesky'] button").click()
+    expect(page.get_by_role("alert")).to_contain_text("Bluesky hat dieses Handle")
+    assert page.evaluate("document.activeElement.id") == "error"
+    context.close()
