@@ -153,9 +153,12 @@ def _print_summary(path: Path, contents: ArchiveContents) -> None:
     )
 
 
-def _write_edges(kind: bytes, edges: EdgeSet, out: BinaryIO) -> None:
-    for chunk in edges.iter_arrays(1 << 15):
-        out.write(b"".join([kind + b"\t" + str(x).encode() + b"\n" for x in chunk.tolist()]))
+def _write_edges(kind: str, edges: EdgeSet, out: BinaryIO) -> None:
+    prefix = kind + "\t"
+    separator = "\n" + prefix
+    for chunk in edges.iter_arrays(1 << 16):
+        text = prefix + separator.join(map(str, chunk.tolist())) + "\n"
+        out.write(text.encode("ascii"))
 
 
 @archive_app.command("edges")
@@ -181,8 +184,8 @@ def edges(
     ) as contents:
         out = sys.stdout.buffer
         try:
-            _write_edges(b"following", contents.following, out)
-            _write_edges(b"follower", contents.followers, out)
+            _write_edges("following", contents.following, out)
+            _write_edges("follower", contents.followers, out)
             out.flush()
         except BrokenPipeError:
             # the reader went away (e.g. `| head`): stop quietly, like other Unix tools
