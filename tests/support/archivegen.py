@@ -768,6 +768,12 @@ def hostile_corpus(directory: str | os.PathLike[str]) -> list[HostileCase]:
         _zip_of(_valid_members(follower=renamed)),
         "unexpected_shape",
     )
+    lowered = text[:key] + b'"accountid"' + text[key + len(b'"accountId"') :]
+    add(
+        "shape-lowercase-id-key-in-big-file.zip",
+        _zip_of(_valid_members(follower=lowered)),
+        "unexpected_shape",
+    )
     sep = text.find(b"},\n", len(text) // 2)
     for label, edited in [
         ("missing-comma", text[: sep + 1] + text[sep + 2 :]),

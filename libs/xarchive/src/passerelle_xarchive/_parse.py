@@ -56,7 +56,6 @@ _USERNAME_RE: Final = re.compile(r"[A-Za-z0-9_]{1,50}")
 _STRUCTURAL: Final = b'{}[],:"'
 _DELETE_NON_STRUCTURAL: Final = bytes(b for b in range(256) if b not in _STRUCTURAL)
 _SKELETON: Final = b'{"":{"":"","":":"}},'
-_R24: Final = np.arange(24, dtype=np.intp)
 _ASCII_ZEROS: Final = np.uint64(0x3030303030303030)
 _MASK_8: Final = np.uint64(0x00FF00FF00FF00FF)
 _MASK_16: Final = np.uint64(0x0000FFFF0000FFFF)
@@ -115,19 +114,34 @@ def parse_id(value: object, member: str) -> int:
     return number
 
 
+def _digit_masks() -> tuple[U64, U64]:
+    """Per digit count L: AND/OR masks (3 words) keeping a 24-byte row's last L bytes
+    and turning the others into ASCII "0"."""
+    keep = np.zeros((25, 24), dtype=np.uint8)
+    fill = np.full((25, 24), 48, dtype=np.uint8)
+    for length in range(25):
+        keep[length, 24 - length :] = 0xFF
+        fill[length, 24 - length :] = 0
+    return keep.view("<u8").astype(np.uint64), fill.view("<u8").astype(np.uint64)
+
+
+_KEEP, _FILL = _digit_masks()
+
+
 def _parse_digits(
     arr: NDArray[np.uint8], quotes: NDArray[np.intp], lengths: NDArray[np.intp]
 ) -> U64 | None:
     """Numbers whose ``lengths`` digits end just before ``arr[quotes]``; None on overflow.
 
-    SWAR parsing: the 24 bytes before each closing quote are gathered as rows,
-    non-digits on the left are replaced by "0", and each 8-byte word is turned
-    into its 8-digit value with three multiply-shift-mask steps. Exact integer
-    arithmetic throughout; values above 2**64-1 are detected, never wrapped.
+    SWAR parsing: the 24 bytes before each closing quote are gathered as rows of
+    three little-endian words, bytes left of the digits become "0" (per-length
+    masks), and each word turns into its 8-digit value with three
+    multiply-shift-mask steps. Exact integer arithmetic; values above 2**64-1 are
+    detected, never wrapped.
     """
     rows = sliding_window_view(arr, 24)[quotes - 24]
-    rows = np.where((24 - lengths)[:, None] <= _R24, rows, np.uint8(48))
-    words = np.ascontiguousarray(rows).view("<u8").astype(np.uint64, copy=False)
+    words = rows.view("<u8").astype(np.uint64, copy=False)
+    words = (words & _KEEP[lengths]) | _FILL[lengths]
     words = words - _ASCII_ZEROS
     words = (words * np.uint64(10) + (words >> np.uint64(8))) & _MASK_8
     words = (words * np.uint64(100) + (words >> np.uint64(16))) & _MASK_16
@@ -169,6 +183,7 @@ class FollowFileParser:
         self._state = _PREFIX
         self._carry = b""
         self._template: bytes | None = None
+        self._template_arr: NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
         self._template_i = 0  # index of the "I" of accountId inside the template
         self.entries = 0
         self.fast_entries = 0
@@ -247,6 +262,7 @@ class FollowFileParser:
         if match is None:
             return False
         self._template = region[key_at : match.end()]
+        self._template_arr = np.frombuffer(self._template, dtype=np.uint8)
         self._template_i = self._template.index(b"accountId") + 7
         return True
 
@@ -273,10 +289,11 @@ class FollowFileParser:
         """Parse a region of complete entries, each followed by ','; False if unsure.
 
         Accepts only if (1) the JSON punctuation is exactly that of ``count``
-        entries ``{"":{"":"","":":"}},``, (2) the learned template (kind key to
-        the id's opening quote) occurs ``count`` times, (3) "I" occurs ``count``
-        times (so each "I" is the one of "accountId" in a template), (4) each
-        id is 1-20 digits then '"' and fits in 64 bits.
+        entries ``{"":{"":"","":":"}},``, (2) "I" occurs ``count`` times,
+        (3) around each "I" lie the bytes of the learned template (kind key to
+        the id's opening quote) — whose punctuation ``"":{"":"`` fits only at an
+        entry's first key, so every entry has exactly one — and (4) each id is
+        1-20 digits then '"' and fits in 64 bits.
         """
         skeleton = region.translate(None, _DELETE_NON_STRUCTURAL)
         count, rest = divmod(len(skeleton), len(_SKELETON))
@@ -284,16 +301,16 @@ class FollowFileParser:
             return False
         if self._template is None and not self._learn_template(region):
             return False
-        template = self._template
-        assert template is not None
-        if region.count(template) != count:
-            return False
+        template = self._template_arr
         arr = np.frombuffer(region, dtype=np.uint8)
         i_pos = np.flatnonzero(arr == 73)  # b"I"
         if i_pos.size != count:
             return False
-        digits_at = i_pos + (len(template) - self._template_i)
-        if int(digits_at[0]) < 24 or int(digits_at[-1]) + 21 > arr.size:
+        starts = i_pos - self._template_i
+        digits_at = starts + template.size
+        if int(starts[0]) < 0 or int(digits_at[0]) < 24 or int(digits_at[-1]) + 21 > arr.size:
+            return False
+        if not bool(np.all(sliding_window_view(arr, template.size)[starts] == template)):
             return False
         window = sliding_window_view(arr, 21)[digits_at]
         is_digit = (window - np.uint8(48)) < 10
