@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from nats.aio.msg import Msg
@@ -205,3 +208,32 @@ async def test_a_region_cannot_forge_another_regions_entries_even_with_its_own_r
         assert (await js.stream_info("DIRECTORY_ES")).state.messages == 2  # eve and zoe
         last_eve = await js.get_last_msg("DIRECTORY_ES", victim.directory_subject())
     assert json.loads(last_eve.data)["type"] == "directory.entry"
+
+
+async def test_a_region_that_leaves_withdraws_its_people_everywhere(
+    federation: Federation, links: Links
+) -> None:
+    fr, _ = links["fr"]
+    _es, es_seen = links["es"]
+    for i in range(3):
+        await fr.publish(entry("fr", f"leaver{i}", f"500{i}"))
+    await fr.publish(tombstone("fr", "leaver2"))
+    await eventually(lambda: len(es_seen.latest()) == 3, what="fr's people in es")
+    await links["fr"][0].stop()
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "passerelle_platform.federation", "leave", "--region", "fr"],
+        env={**os.environ, "PASSERELLE_FEDERATION_NATS_URL": federation.federation_url("fr")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 entries withdrawn" in done.stdout
+
+    await eventually(
+        lambda: all(isinstance(m, DirectoryTombstone) for m in es_seen.latest().values()),
+        what="every fr person withdrawn in es",
+    )

@@ -199,7 +199,7 @@ class Federation:
         """Per leaf user on the hub: (bytes in from the region, bytes out to it)."""
         leafz = self.hub.monitor("leafz") or {}
         out: dict[str, tuple[int, int]] = {}
-        for leaf in leafz.get("leafnodes") or []:
+        for leaf in leafz.get("leafs") or []:
             name = str(leaf.get("name") or leaf.get("remote_server_name") or "?")
             previous = out.get(name, (0, 0))
             out[name] = (

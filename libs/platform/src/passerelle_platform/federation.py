@@ -59,7 +59,9 @@ from passerelle_contracts.directory import (
     DIRECTORY_MIRROR,
     GLOBAL_DIRECTORY,
     HUB_DOMAIN,
+    DirectoryEntry,
     DirectoryMessage,
+    DirectoryTombstone,
     directory_subject,
     region_directory_subjects,
     regional_directory_stream,
@@ -237,14 +239,15 @@ class FederationLink:
     consumer on the mirror hands every *other* region's verified message to
     ``handler``, in order. A handler that raises is retried (the message and
     those after it are redelivered after ``retry_seconds``): a tombstone is
-    never dropped. Forged messages are logged, counted and skipped.
+    never dropped. Forged messages are logged, counted and skipped. Without a
+    handler the link only publishes (leaving, tools).
     """
 
     def __init__(
         self,
         url: str,
         region: str,
-        handler: Handler,
+        handler: Handler | None,
         *,
         durable: str = "matching-directory",
         name: str = "passerelle-federation",
@@ -355,6 +358,28 @@ class FederationLink:
             return None
         return int(stored.seq or 0), _MESSAGE.validate_json(stored.data or b"")
 
+    async def withdraw_all(self) -> int:
+        """Leaving: a ``withdrawn`` tombstone for every entry of this region still listed.
+
+        Returns how many were published. Every region then forgets this region's
+        people as its consumers read the tombstones.
+        """
+        await self.wait_ready()
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        info = await js.stream_info(self.outbox, subjects_filter=f"directory.{self.region}.*")
+        withdrawn = 0
+        for subject in sorted(info.state.subjects or {}):
+            stored = await js.get_last_msg(self.outbox, subject)
+            message = _MESSAGE.validate_json(stored.data or b"")
+            if isinstance(message, DirectoryEntry):
+                tombstone = DirectoryTombstone(
+                    region=self.region, key=message.key, reason="withdrawn"
+                )
+                await self.publish(tombstone, expected_last_seq=int(stored.seq or 0))
+                withdrawn += 1
+        return withdrawn
+
     # --- the consumer -------------------------------------------------------------------
 
     async def _connect(self) -> NatsClient:
@@ -379,6 +404,9 @@ class FederationLink:
             try:
                 await ensure_stream(js, regional_stream_config(self.region))
                 await ensure_stream(js, mirror_stream_config(self.region, self._hub_domain))
+                if self.handler is None:
+                    self._ready.set()
+                    return
                 subscription = await js.pull_subscribe(
                     "directory.>",
                     durable=self.durable,
@@ -418,7 +446,7 @@ class FederationLink:
                 log.error("forged directory message rejected", reason=str(error))  # noqa: TRY400
                 await msg.term()
                 continue
-            if message.region == self.region:
+            if message.region == self.region or self.handler is None:
                 self.counters.skipped_own += 1
             else:
                 try:
@@ -478,23 +506,30 @@ async def run_hub(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m passerelle_platform.federation hub --regions fr,es``.
+    """Operators' commands (``python -m passerelle_platform.federation …``).
 
-    The hub's URL (with the hub-admin credentials) comes from ``HUB_NATS_URL``.
-    ``--ensure-only`` sets the sources and exits (a Kubernetes Job, or joining).
+    - ``hub --regions fr,es``: the hub's process (``HUB_NATS_URL``, hub-admin
+      credentials): keeps DIRECTORY's sources equal to the members and erases
+      superseded messages; ``--ensure-only`` sets the sources and exits (joining).
+    - ``leave --region fr``: run by a region leaving the federation
+      (``PASSERELLE_FEDERATION_NATS_URL``): withdraws every entry it published.
     """
     parser = argparse.ArgumentParser(prog="passerelle_platform.federation")
-    parser.add_argument("role", choices=["hub"])
-    parser.add_argument("--regions", required=True, help="member regions, comma-separated")
-    parser.add_argument("--ensure-only", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    hub = commands.add_parser("hub", help="run the hub's process")
+    hub.add_argument("--regions", required=True, help="member regions, comma-separated")
+    hub.add_argument("--ensure-only", action="store_true")
+    leave = commands.add_parser("leave", help="withdraw this region's directory")
+    leave.add_argument("--region", required=True)
     args = parser.parse_args(argv)
-    url = os.environ.get("HUB_NATS_URL")
+    variable = "HUB_NATS_URL" if args.command == "hub" else "PASSERELLE_FEDERATION_NATS_URL"
+    url = os.environ.get(variable)
     if not url:
-        sys.stderr.write("configuration error: HUB_NATS_URL is not set\n")
+        sys.stderr.write(f"configuration error: {variable} is not set\n")
         raise SystemExit(2)
-    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
 
-    async def go() -> None:
+    async def run_hub_command() -> None:
+        regions = [r.strip() for r in args.regions.split(",") if r.strip()]
         nc = await nats.connect(url, max_reconnect_attempts=-1, name="passerelle-hub")
         try:
             if args.ensure_only:
@@ -504,7 +539,16 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             await nc.close()
 
-    asyncio.run(go())
+    async def run_leave_command() -> None:
+        link = FederationLink(url, args.region, None)
+        await link.start()
+        try:
+            count = await link.withdraw_all()
+        finally:
+            await link.stop()
+        sys.stdout.write(f"{count} entries withdrawn from the federation\n")
+
+    asyncio.run(run_hub_command() if args.command == "hub" else run_leave_command())
 
 
 __all__ = [
