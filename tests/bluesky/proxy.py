@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,11 +42,14 @@ class Fault:
     kind: FaultKind
     status: int = 500
     body: bytes = b'{"error":"InternalServerError","message":"injected by the test proxy"}'
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | Callable[[], dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
     times: int = 1
     """How many requests it hits; -1: until cleared."""
     fired: int = 0
+
+    def answer_headers(self) -> dict[str, str]:
+        return self.headers() if callable(self.headers) else dict(self.headers)
 
 
 @dataclass
@@ -53,6 +58,8 @@ class Seen:
     path: str
     status: int | None
     fault: str | None
+    at: float = 0.0
+    seconds: float = 0.0
 
 
 class FaultProxy(HttpServer):
@@ -73,6 +80,9 @@ class FaultProxy(HttpServer):
         self._client: httpx.AsyncClient | None = None
         #: every applyWrites create forwarded and answered 200: (repo, subject)
         self.applied: list[tuple[str, str]] = []
+        #: with a limiter: (its clock's time when it counted the points, when it answered,
+        #: creates) of every applyWrites answered 200
+        self.applied_at: list[tuple[float, float, int]] = []
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -115,23 +125,32 @@ class FaultProxy(HttpServer):
 
     async def _handle(self, request: Request) -> Response | Drop:
         fault = self._take(request.path)
+        started = time.time()
         answer = await self._apply(request, fault)
         status = answer.status if isinstance(answer, Response) else None
         with self._lock:
             self.seen.append(
-                Seen(request.method, request.path, status, fault.kind if fault else None)
+                Seen(
+                    request.method,
+                    request.path,
+                    status,
+                    fault.kind if fault else None,
+                    started,
+                    time.time() - started,
+                )
             )
         return answer
 
     async def _apply(self, request: Request, fault: Fault | None) -> Response | Drop:
         if fault is not None:
             if fault.kind == "status":
-                return Response(fault.status, fault.body, fault.headers)
+                return Response(fault.status, fault.body, fault.answer_headers())
             if fault.kind == "drop_before":
                 return DROP
             if fault.kind == "hang":
                 await asyncio.sleep(fault.seconds)
         verdict_headers: dict[str, str] = {}
+        consumed_at = self.limiter.clock() if self.limiter is not None else 0.0
         if self.limiter is not None and request.path == "/xrpc/com.atproto.repo.applyWrites":
             payload = json.loads(request.body or b"{}")
             points = CREATE_COST * len(payload.get("writes") or [])
@@ -153,9 +172,12 @@ class FaultProxy(HttpServer):
                 self.applied.extend(
                     (payload["repo"], w["value"]["subject"]) for w in payload["writes"]
                 )
+                if self.limiter is not None:
+                    answered_at = self.limiter.clock()
+                    self.applied_at.append((consumed_at, answered_at, len(payload["writes"])))
         if fault is not None:
             if fault.kind == "status_after":
-                return Response(fault.status, fault.body, fault.headers)
+                return Response(fault.status, fault.body, fault.answer_headers())
             if fault.kind == "drop_after":
                 return DROP
             if fault.kind == "delay_after":

@@ -85,6 +85,14 @@ def request_for(person_id: str, actor: str, target: str) -> BlueskyFollowRequest
     )
 
 
+B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def fake_did() -> str:
+    """A well-formed did:plc nobody has (the PDS accepts follows of it)."""
+    return "did:plc:" + "".join(secrets.choice(B32) for _ in range(24))
+
+
 def new_person() -> str:
     return f"person-{secrets.token_hex(6)}"
 
@@ -150,6 +158,11 @@ class Bus:
         await self.js.publish(
             subject, data, stream=stream_for_subject(subject).name, headers={"Nats-Msg-Id": msg_id}
         )
+
+    async def publish_all(self, events: list[Any]) -> None:
+        """Publish many events, a few hundred in flight at once."""
+        for i in range(0, len(events), 200):
+            await asyncio.gather(*(self.publish(e) for e in events[i : i + 200]))
 
     async def erase(self, person_id: str) -> None:
         await self.publish(UserErased(region=REGION, person_id=person_id))
@@ -219,6 +232,16 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"{what}: not reached in {within}s (last: {last!r})")
+
+
+async def results_of(b: Bus, person: str, count: int, within: float = 60) -> list[FollowResult]:
+    """Wait for at least ``count`` results for ``person``."""
+
+    async def check() -> list[FollowResult]:
+        found = [r for r in await b.results() if r.person_id == person]
+        return found if len(found) >= count else []
+
+    return await eventually(check, within, f"{count} results for {person}")
 
 
 async def metrics_text(process: ServiceProcess) -> str:

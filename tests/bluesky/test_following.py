@@ -87,7 +87,7 @@ async def _settled(sender: ServiceProcess, did: str) -> None:
         rows = query(
             ledger_path(sender.work_dir),
             "SELECT count(*) AS n FROM bluesky_follow WHERE actor = ? AND "
-            "(state IN ('pending', 'in_flight') OR NOT result_published)",
+            "(state IN ('pending', 'in_flight') OR result_pending)",
             did,
         )
         return rows[0]["n"] == 0

@@ -200,7 +200,7 @@ class Linker:
                 handle=handle,
             )
         )
-        self.scheduler.notify([identity.did])
+        self.scheduler.recheck([identity.did])
         self.metrics.links.labels(NETWORK, "linked").inc()
         self.log.info("account linked", relinked=change.reactivated)
         return LinkReply(region=self.region, network=NETWORK, account=identity.did, handle=handle)

@@ -8,7 +8,7 @@ real one are stored the same way.
   its follow records were read.
 - ``bluesky_follow``: the ledger, one row per (account DID, target DID). Its ``state``
   is the work's truth: ``pending`` → ``in_flight`` (a call may be under way) → ``done``
-  or ``failed``; ``result_published`` is the outbox of ``follow.result``.
+  or ``failed``; ``result_pending`` marks the outbox of ``follow.result``.
 - ``bluesky_budget_spend``: points spent per account (sliding hour and day windows).
 - ``bluesky_known_follow``: the account's follow records as read from its repo.
 - ``bluesky_target``: what was learnt about a target account (active, deleted...).
@@ -31,7 +31,7 @@ OPEN_STATES = (PENDING, IN_FLIGHT)
 # Account states.
 ACTIVE = "active"
 #: The outbox condition (the partial index and its queries must say the same).
-UNPUBLISHED = "NOT result_published"
+UNPUBLISHED = "result_pending"
 BROKEN = "broken"
 
 
@@ -39,7 +39,7 @@ class BlueskyAccount(SQLModel, table=True):
     __tablename__ = "bluesky_account"
 
     did: str = Field(primary_key=True, max_length=2048)
-    person_id: str = Field(unique=True, max_length=128)
+    person_id: str = Field(index=True, unique=True, max_length=128)
     handle: str = Field(max_length=512)
     pds_url: str = Field(max_length=2048)
     state: str = Field(default=ACTIVE, max_length=16)
@@ -94,7 +94,8 @@ class BlueskyFollow(SQLModel, table=True):
     next_try_at: float
     batch_id: str | None = Field(default=None, max_length=32)
     record_uri: str | None = Field(default=None, max_length=4096)
-    result_published: bool = False
+    result_pending: bool = False
+    """A ``follow.result`` waits to be published (the row just finished)."""
     created_at: float
     updated_at: float
 

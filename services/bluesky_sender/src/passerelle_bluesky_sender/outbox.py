@@ -1,6 +1,6 @@
 """Publishing ``follow.result`` from the ledger (a transactional outbox).
 
-A row that finishes is committed with ``result_published = false``; this loop
+A row that finishes is committed with ``result_pending = true``; this loop
 publishes those results (with their ``Nats-Msg-Id``, so a replay is stored once) and
 then marks them. A crash in between publishes them again after the restart, which
 JetStream deduplicates.
@@ -14,6 +14,7 @@ from typing import cast
 
 import structlog
 from faststream.nats import NatsBroker
+from pydantic import ValidationError
 
 from passerelle_bluesky_sender.metrics import NETWORK, SenderMetrics
 from passerelle_bluesky_sender.store import Result, Store
@@ -79,15 +80,19 @@ class Outbox:
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(row: Result) -> int | None:
-            event = FollowResult(
-                region=self.region,
-                follow_id=row.follow_id,
-                person_id=row.person_id,
-                network=NETWORK,
-                target=row.target,
-                outcome=cast(FollowOutcome, row.outcome),
-                reason=row.reason,
-            )
+            try:
+                event = FollowResult(
+                    region=self.region,
+                    follow_id=row.follow_id,
+                    person_id=row.person_id,
+                    network=NETWORK,
+                    target=row.target,
+                    outcome=cast(FollowOutcome, row.outcome),
+                    reason=row.reason,
+                )
+            except ValidationError:  # never block the outbox on one bad row
+                self.log.exception("result cannot be published; skipped")
+                return row.id
             async with limit:
                 try:
                     await publish_event(self.broker, event)

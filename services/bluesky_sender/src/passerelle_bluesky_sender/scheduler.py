@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import heapq
 import itertools
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +111,8 @@ class AccountState:
     running: bool = False
     heap_key: tuple[float, int] | None = None
     turns: int = 0
+    synced_real: float = 0.0
+    """``time.monotonic()`` of the last read of the account's follow records."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,6 +158,8 @@ class Scheduler:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._dirty: set[str] = set()
+        self._new: dict[str, int] = {}
+        self._touched: set[str] = set()
         self._refresh_all = True
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -163,15 +169,25 @@ class Scheduler:
 
     # --- what others tell the scheduler ---------------------------------------------------
 
-    def notify(self, dids: Iterable[str]) -> None:
-        """These accounts have new work (or changed): look at them again."""
+    def notify(self, work: Mapping[str, int]) -> None:
+        """New pending rows per account (from the intake): no database read needed."""
         now = self.clock.now()
         linger_until = now + self.settings.bluesky_batch_linger_seconds
-        for did in dids:
-            self._dirty.add(did)
+        for did, count in work.items():
             state = self.states.get(did)
-            if state is not None and state.open_rows == 0:
+            if state is None:
+                self._new[did] = self._new.get(did, 0) + count
+                continue
+            if state.open_rows == 0:
                 state.linger_until = linger_until
+            state.open_rows += count
+            state.next_due = now if state.next_due is None else min(state.next_due, now)
+            self._touched.add(did)
+        self._wake.set()
+
+    def recheck(self, dids: Iterable[str]) -> None:
+        """These accounts changed (linked again...): read their backlog from the ledger."""
+        self._dirty.update(dids)
         self._wake.set()
 
     def forget(self, did: str) -> None:
@@ -228,7 +244,23 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
     async def _refresh(self) -> None:
-        """Bring in-memory states up to date with the ledger (new work, restarts, replicas)."""
+        """Bring in-memory states up to date (new work, restarts, other replicas' intake)."""
+        now = self.clock.now()
+        touched, self._touched = self._touched, set()
+        for did in touched:
+            state = self.states.get(did)
+            if state is not None:
+                self._schedule(state)
+        if self._new:
+            new, self._new = self._new, {}
+            await self._load(sorted(new))
+            for did, count in new.items():
+                state = self.states.get(did)
+                if state is not None and not state.running:
+                    state.open_rows += count
+                    state.next_due = now
+                    state.linger_until = now + self.settings.bluesky_batch_linger_seconds
+                    self._schedule(state)
         if self._refresh_all:
             self._refresh_all = False
             self._dirty.clear()
@@ -245,7 +277,6 @@ class Scheduler:
         missing = [b.did for b in backlogs if b.did not in self.states and b.open_rows]
         if missing:
             await self._load(missing)
-        now = self.clock.now()
         for backlog in backlogs:
             found = self.states.get(backlog.did)
             if found is None or found.running:
@@ -257,12 +288,14 @@ class Scheduler:
             self._schedule(state)
 
     async def _load(self, dids: Sequence[str]) -> None:
-        accounts = await asyncio.to_thread(self.store.active_accounts)
-        wanted = set(dids)
+        wanted = [d for d in dids if d not in self.states]
+        if not wanted:
+            return
+        accounts = await asyncio.to_thread(self.store.active_accounts, wanted)
         since = self.clock.now() - DAY
-        spends = await asyncio.to_thread(self.store.spends, since)
+        spends = await asyncio.to_thread(self.store.spends, since, wanted)
         for account in accounts:
-            if account.did not in wanted or account.did in self.states:
+            if account.did in self.states:
                 continue
             budget = self._new_budget()
             budget.load(spends.get(account.did, []))
@@ -358,9 +391,12 @@ class Scheduler:
                 except SessionBrokenError as error:
                     await self._broken(state, error.reason)
                 finally:
-                    await asyncio.to_thread(self.store.release, state.did, self.owner)
-                    backlog = await asyncio.to_thread(self.store.backlog, state.did)
-                    state.open_rows, state.next_due = backlog.open_rows, backlog.next_due
+                    due = await asyncio.to_thread(self.store.end_turn, state.did, self.owner)
+                    state.next_due = due
+                    if due is None:
+                        state.open_rows = 0
+                    else:
+                        state.open_rows = max(1, state.open_rows - state.extra.pop("done", 0))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -377,49 +413,59 @@ class Scheduler:
     async def _work(self, state: AccountState) -> None:
         s = self.settings
         now = self.clock.now()
-        lease = now + self.clock.from_real(10 * s.bluesky_http_timeout_seconds)
-        account, holder, spends = await asyncio.to_thread(
-            self.store.claim, state.did, self.owner, now, lease, now - DAY
+        lease = now + self._lease()
+        start = await asyncio.to_thread(
+            self.store.begin_turn,
+            state.did,
+            self.owner,
+            now,
+            lease,
+            now - DAY,
+            s.bluesky_max_writes_per_call,
         )
+        account = start.account
         if account is None:
-            if holder is None:  # unlinked, erased or broken meanwhile
+            if start.holder is None:  # unlinked, erased or broken meanwhile
                 state.active = False
                 self.states.pop(state.did, None)
             else:
                 raise _WaitError(lease, "held by another replica", failure=False)
             return
-        state.budget.load(spends)
+        state.budget.load(start.spends)
         state.host = urlsplit(account.pds_url).netloc
 
-        uncertain = await asyncio.to_thread(self.store.in_flight, account.did, now)
-        if uncertain:
+        # Reads are cheap but not free: the newest records are read again at most every
+        # ``sync_interval`` real seconds, and always before deciding about rows in flight.
+        stale = time.monotonic() - state.synced_real >= s.bluesky_sync_interval_seconds
+        if start.in_flight or account.synced_at is None or stale or not state.synced_real:
             account = await self._sync(account, state)
-            await self._reconcile(account, uncertain)
-        elif (
-            account.synced_at is None or now - account.synced_at >= s.bluesky_sync_interval_seconds
-        ):
-            account = await self._sync(account, state)
+        if start.in_flight:
+            await self._reconcile(account, start.in_flight)
 
         now = self.clock.now()
         count = min(
             s.bluesky_max_writes_per_call, state.budget.available(now) // s.bluesky_create_cost
         )
-        if count <= 0:
-            return
-        rows = await asyncio.to_thread(self.store.due, account.did, now, count)
+        rows = start.due[: max(0, count)]
         if not rows:
             return
-        rows = await self._screen(account, rows)
-        if not rows:
+        settled, send = await self._screen(account, rows)
+        if not send:
+            await self._settle(settled)
+            state.extra["done"] = state.extra.get("done", 0) + len(settled)
             return
         session = await self.sessions.get(account)
-        await self._send(account, state, session, rows)
+        await self._send(account, state, session, send, settled=settled)
 
-    async def _screen(self, account: AccountRow, rows: list[FollowRow]) -> list[FollowRow]:
-        """Settle rows that need no call: already followed, or a target that is gone."""
+    async def _screen(
+        self, account: AccountRow, rows: list[FollowRow]
+    ) -> tuple[list[Outcome], list[FollowRow]]:
+        """Rows that need no call (already followed, a target that is gone), and the rest."""
         targets = [r.target for r in rows]
         known = await asyncio.to_thread(self.store.known_among, account.did, targets)
-        statuses = await self.targets.statuses([t for t in targets if t not in known])
+        statuses: dict[str, str] = {}
+        if self.settings.bluesky_check_targets:
+            statuses = await self.targets.statuses([t for t in targets if t not in known])
         settled: list[Outcome] = []
         send: list[FollowRow] = []
         for row in rows:
@@ -431,9 +477,7 @@ class Scheduler:
                 settled.append(Outcome(row.id, FAILED, PENDING, outcome="failed", reason=reason))
             else:
                 send.append(row)
-        if settled:
-            await self._settle(settled)
-        return send
+        return settled, send
 
     async def _reconcile(self, account: AccountRow, rows: list[FollowRow]) -> None:
         """Rows whose call may have been applied: the repo (just read) says whether it was."""
@@ -511,6 +555,7 @@ class Scheduler:
         now = self.clock.now()
         await asyncio.to_thread(self.store.add_known, account.did, subjects)
         await asyncio.to_thread(self.store.set_records_cursor, account.did, cursor, now)
+        state.synced_real = time.monotonic()
         return dataclasses.replace(account, records_cursor=cursor, synced_at=now)
 
     # --- the write ------------------------------------------------------------------------
@@ -522,6 +567,7 @@ class Scheduler:
         session: Session,
         rows: list[FollowRow],
         *,
+        settled: Sequence[Outcome] = (),
         retried_auth: bool = False,
     ) -> None:
         s = self.settings
@@ -530,8 +576,20 @@ class Scheduler:
         batch_id = uuid.uuid4().hex
         ids = [r.id for r in rows]
         spend_id = await asyncio.to_thread(
-            self.store.start_batch, account.did, ids, batch_id, points, now
+            functools.partial(
+                self.store.start_batch,
+                account.did,
+                ids,
+                batch_id,
+                points,
+                now,
+                settled,
+                lease=(self.owner, now + self._lease()),
+            )
         )
+        if settled:
+            state.extra["done"] = state.extra.get("done", 0) + len(settled)
+            self.on_results()
         state.budget.add(now, points)
         self.metrics.points_spent.labels(NETWORK).inc(points)
         created_at = iso_now()
@@ -576,19 +634,34 @@ class Scheduler:
                 [Outcome(r.id, IN_FLIGHT, IN_FLIGHT, next_try_at=until) for r in rows]
             )
             raise _WaitError(until, f"applyWrites {error}") from None
-        await self._answered(state, spend_id, now, points)
+        answered = self.clock.now()
+        state.budget.move(now, points, answered)
         results = response.body.get("results")
         uris: list[str | None] = [None] * len(rows)
         if isinstance(results, list) and len(results) == len(rows):
             uris = [r.get("uri") if isinstance(r, dict) else None for r in results]
-        await self._settle(
-            [
-                Outcome(row.id, DONE, IN_FLIGHT, outcome="followed", record_uri=uri)
-                for row, uri in zip(rows, uris, strict=True)
-            ]
+        outcomes = [
+            Outcome(row.id, DONE, IN_FLIGHT, outcome="followed", record_uri=uri)
+            for row, uri in zip(rows, uris, strict=True)
+        ]
+        finished = await asyncio.to_thread(
+            functools.partial(
+                self.store.finish_batch,
+                outcomes,
+                answered,
+                spend=(spend_id, answered),
+                actor=account.did,
+                followed=[r.target for r in rows],
+            )
         )
-        await asyncio.to_thread(self.store.add_known, account.did, [r.target for r in rows])
+        state.extra["done"] = state.extra.get("done", 0) + finished
+        if finished:
+            self.on_results()
         await self._limits(state, response.rate_limit, "write")
+
+    def _lease(self) -> float:
+        """How long a turn may hold an account (renewed before each write)."""
+        return self.clock.from_real(3 * self.settings.bluesky_http_timeout_seconds)
 
     async def _answered(
         self,
@@ -685,6 +758,8 @@ class Scheduler:
         now = self.clock.now()
         margin = self.settings.bluesky_rate_limit_margin_seconds
         scope = self._scope(limit, call)
+        if limit.reset <= now:
+            return  # the window it speaks of is over
         if scope == "write" and limit.window is not None:
             extra = unexplained_spend(
                 state.budget, now, limit=limit.limit, window=limit.window, remaining=limit.remaining
@@ -692,7 +767,7 @@ class Scheduler:
             if extra > 0:
                 # Spent elsewhere (the person's own app); it frees when the server's window
                 # resets, so log it as if spent one window before the reset.
-                at = min(now, limit.reset - limit.window) if limit.reset > now else now
+                at = min(now, limit.reset - limit.window)
                 state.budget.add(at, extra)
                 await asyncio.to_thread(self.store.add_spend, state.did, at, extra, "external")
                 self.log.info("budget used elsewhere", points=extra, window=limit.window)

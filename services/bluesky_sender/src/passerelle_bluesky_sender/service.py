@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 
 import httpx
 
@@ -93,6 +94,7 @@ class BlueskySender:
             log=self.log,
             on_broken=self._on_broken,
             on_results=self.outbox.wake,
+            owner=settings.bluesky_replica_id or f"{socket.gethostname()}:{settings.http_port}",
         )
         self.intake = Intake(
             self.store,
@@ -163,8 +165,8 @@ class BlueskySender:
     # --- internals ------------------------------------------------------------------------
 
     def _on_recorded(self, report: IntakeReport) -> None:
-        if report.actors_with_work:
-            self.scheduler.notify(report.actors_with_work)
+        if report.new_work:
+            self.scheduler.notify(report.new_work)
         if report.new_results:
             self.outbox.wake()
 

@@ -50,17 +50,25 @@ class Settings(PlatformSettings):
     bluesky_batch_linger_seconds: float = Field(default=2.0, ge=0)
     """Wait this long for a small batch to fill before sending it (big batches go at once)."""
     bluesky_sync_interval_seconds: float = Field(default=300.0, ge=0)
-    """Re-read the newest follow records of an account at most this often (reads are cheap)."""
+    """Re-read the newest follow records of an account at most this often (real seconds;
+    always before deciding about a call whose outcome is unknown)."""
     bluesky_backlog_refresh_seconds: float = Field(default=30.0, gt=0)
     """How often the whole ledger's backlog is re-read (real seconds; other replicas' work)."""
     bluesky_retry_base_seconds: float = Field(default=5.0, gt=0)
     bluesky_retry_max_seconds: float = Field(default=3600.0, gt=0)
     bluesky_max_attempts: int = Field(default=12, ge=1)
     """A follow whose call failed this many times (5xx, timeouts) fails for good."""
+    bluesky_check_targets: bool = True
+    """Look targets up before following (deleted accounts fail instead of being followed)."""
     bluesky_target_check_ttl_seconds: float = Field(default=24 * 3600.0, ge=0)
     """How long a target account's status (active, deleted...) is trusted."""
     bluesky_rate_limit_margin_seconds: float = Field(default=1.0, ge=0)
     """Wait this much past a server's announced reset before trying again."""
+
+    bluesky_replica_id: str | None = Field(default=None, max_length=64)
+    """Who holds an account's lease while working on it (default ``hostname:http_port``).
+    Replicas sharing a database need distinct ids; a restarted replica with the same id
+    takes its accounts back at once (others wait for the lease to expire)."""
 
     # --- intake and results ---------------------------------------------------------------
     bluesky_intake_batch: int = Field(default=500, ge=1)

@@ -133,8 +133,20 @@ class Backlog:
 
 @dataclass(frozen=True)
 class IntakeReport:
-    actors_with_work: set[str]
+    new_work: dict[str, int]
+    """Accounts with new (or reopened) pending rows, and how many."""
     new_results: int
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What a turn needs, read in one transaction."""
+
+    account: AccountRow | None
+    holder: str | None
+    spends: list[tuple[float, int]]
+    in_flight: list[FollowRow]
+    due: list[FollowRow]
 
 
 @dataclass(frozen=True)
@@ -184,10 +196,16 @@ class Store:
             row = conn.execute(sa.select(ACCOUNT).where(ACCOUNT.c.person_id == person_id)).first()
         return AccountRow.from_row(row) if row is not None else None
 
-    def active_accounts(self) -> list[AccountRow]:
+    def active_accounts(self, dids: Sequence[str] | None = None) -> list[AccountRow]:
+        query = sa.select(ACCOUNT).where(ACCOUNT.c.state == ACTIVE)
+        out: list[AccountRow] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ACCOUNT).where(ACCOUNT.c.state == ACTIVE)).all()
-        return [AccountRow.from_row(r) for r in rows]
+            if dids is None:
+                return [AccountRow.from_row(r) for r in conn.execute(query).all()]
+            for chunk in _chunks(sorted(set(dids))):
+                rows = conn.execute(query.where(ACCOUNT.c.did.in_(chunk))).all()
+                out.extend(AccountRow.from_row(r) for r in rows)
+        return out
 
     def link(
         self,
@@ -286,12 +304,13 @@ class Store:
             )
             return AccountRow.from_row(row)
 
-    def claim(
-        self, did: str, owner: str, now: float, until: float, since: float
-    ) -> tuple[AccountRow | None, str | None, list[tuple[float, int]]]:
-        """Take the account for one turn: ``(account, None, spends)`` when it is ours now,
-        ``(None, None, [])`` when it is gone or not active, ``(None, other, [])`` when
-        another replica holds it. ``spends`` is the account's budget log since ``since``."""
+    def begin_turn(
+        self, did: str, owner: str, now: float, until: float, since: float, limit: int
+    ) -> TurnStart:
+        """Take the account for one turn (a lease until ``until``) and read what it needs:
+        the account, its budget log since ``since``, its rows in flight and up to ``limit``
+        due rows. ``account`` is ``None`` when it is gone or not active, or when another
+        replica (``holder``) has it."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(ACCOUNT)
@@ -312,7 +331,7 @@ class Store:
                         ACCOUNT.c.did == did, ACCOUNT.c.state == ACTIVE
                     )
                 ).scalar()
-                return None, holder, []
+                return TurnStart(None, holder, [], [], [])
             row = conn.execute(sa.select(ACCOUNT).where(ACCOUNT.c.did == did)).one()
             spends = [
                 (float(at), int(points))
@@ -322,15 +341,28 @@ class Store:
                     )
                 )
             ]
-            return AccountRow.from_row(row), None, spends
+            in_flight = self._select(conn, did, IN_FLIGHT, now, None)
+            due = self._select(conn, did, PENDING, now, limit)
+            return TurnStart(AccountRow.from_row(row), None, spends, in_flight, due)
 
-    def release(self, did: str, owner: str) -> None:
+    def end_turn(self, did: str, owner: str) -> float | None:
+        """Release the lease; when the account's next open row is due (``None``: none)."""
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(ACCOUNT)
                 .where(ACCOUNT.c.did == did, ACCOUNT.c.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
             )
+            due = [
+                conn.execute(
+                    sa.select(sa.func.min(FOLLOW.c.next_try_at)).where(
+                        FOLLOW.c.actor == did, FOLLOW.c.state == state
+                    )
+                ).scalar()
+                for state in OPEN_STATES
+            ]
+        found = [float(d) for d in due if d is not None]
+        return min(found) if found else None
 
     def broken_accounts(self) -> list[AccountRow]:
         with self.engine.connect() as conn:
@@ -463,7 +495,7 @@ class Store:
                         "next_try_at": now,
                         "batch_id": None,
                         "record_uri": None,
-                        "result_published": False,
+                        "result_pending": state == FAILED,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -471,10 +503,12 @@ class Store:
             _insert_ignore(conn, FOLLOW, rows, ["actor", "target"])
             reopened = self._reopen(conn, linked, now)
             new_results = sum(1 for row in rows if row["state"] == FAILED)
-        actors_with_work = {r.actor for r in linked}
-        if reopened:
-            actors_with_work |= reopened
-        return IntakeReport(actors_with_work=actors_with_work, new_results=new_results)
+        new_work: dict[str, int] = {}
+        for r in linked:
+            new_work[r.actor] = new_work.get(r.actor, 0) + 1
+        for actor in reopened:
+            new_work.setdefault(actor, 1)
+        return IntakeReport(new_work=new_work, new_results=new_results)
 
     def _reopen(
         self, conn: Connection, requests: Sequence[BlueskyFollowRequested], now: float
@@ -515,7 +549,7 @@ class Store:
                     attempts=0,
                     next_try_at=now,
                     batch_id=None,
-                    result_published=False,
+                    result_pending=False,
                     updated_at=now,
                 ),
                 params,
@@ -554,15 +588,9 @@ class Store:
             ).one()
         return Backlog(did, int(count), float(due) if due is not None else None)
 
-    def in_flight(self, did: str, now: float) -> list[FollowRow]:
-        """Rows whose call may have been applied, due for a check."""
-        return self._select(did, IN_FLIGHT, now, None)
-
-    def due(self, did: str, now: float, limit: int) -> list[FollowRow]:
-        """Pending rows due now, oldest first."""
-        return self._select(did, PENDING, now, limit)
-
-    def _select(self, did: str, state: str, now: float, limit: int | None) -> list[FollowRow]:
+    def _select(
+        self, conn: Connection, did: str, state: str, now: float, limit: int | None
+    ) -> list[FollowRow]:
         query = (
             sa.select(
                 FOLLOW.c.id,
@@ -577,16 +605,30 @@ class Store:
         )
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
-            return [FollowRow(*row) for row in conn.execute(query).all()]
+        return [FollowRow(*row) for row in conn.execute(query).all()]
 
     def start_batch(
-        self, did: str, ids: Sequence[int], batch_id: str, points: int, now: float
+        self,
+        did: str,
+        ids: Sequence[int],
+        batch_id: str,
+        points: int,
+        now: float,
+        settled: Sequence[Outcome] = (),
+        *,
+        lease: tuple[str, float] | None = None,
     ) -> int | None:
-        """Mark rows in flight and record the points spent, before the call is made.
-
-        Returns the spend's id (to re-date it when the answer comes)."""
+        """Mark rows in flight and record the points spent, before the call is made
+        (and settle rows that needed no call, and renew the turn's lease). Returns the
+        spend's id (to re-date it when the answer comes)."""
         with self.engine.begin() as conn:
+            self._settle(conn, settled, now)
+            if lease is not None:
+                conn.execute(
+                    sa.update(ACCOUNT)
+                    .where(ACCOUNT.c.did == did, ACCOUNT.c.lease_owner == lease[0])
+                    .values(lease_until=lease[1])
+                )
             for chunk in _chunks(ids):
                 conn.execute(
                     sa.update(FOLLOW)
@@ -608,60 +650,83 @@ class Store:
 
     def settle(self, outcomes: Sequence[Outcome], now: float) -> int:
         """Apply outcomes; finished rows enter the outbox. Returns how many finished."""
+        with self.engine.begin() as conn:
+            return self._settle(conn, outcomes, now)
+
+    def finish_batch(
+        self,
+        outcomes: Sequence[Outcome],
+        now: float,
+        *,
+        spend: tuple[int | None, float],
+        actor: str,
+        followed: Sequence[str],
+    ) -> int:
+        """A call's answer: settle its rows, re-date its points, remember what is followed."""
+        spend_id, answered_at = spend
+        with self.engine.begin() as conn:
+            finished = self._settle(conn, outcomes, now)
+            if spend_id is not None:
+                conn.execute(sa.update(SPEND).where(SPEND.c.id == spend_id).values(at=answered_at))
+            rows = [{"actor": actor, "subject": s} for s in sorted(set(followed))]
+            for chunk in _chunks(rows):
+                _insert_ignore(conn, KNOWN, list(chunk), ["actor", "subject"])
+        return finished
+
+    def _settle(self, conn: Connection, outcomes: Sequence[Outcome], now: float) -> int:
         finished = [o for o in outcomes if o.state in (DONE, FAILED)]
         waiting = [o for o in outcomes if o.state not in (DONE, FAILED)]
-        with self.engine.begin() as conn:
-            if finished:
-                conn.execute(
-                    sa.update(FOLLOW)
-                    .where(
-                        FOLLOW.c.id == sa.bindparam("row_id"),
-                        FOLLOW.c.state == sa.bindparam("old_state"),
-                    )
-                    .values(
-                        state=sa.bindparam("new_state"),
-                        outcome=sa.bindparam("new_outcome"),
-                        reason=sa.bindparam("new_reason"),
-                        record_uri=sa.bindparam("uri"),
-                        result_published=False,
-                        updated_at=now,
-                    ),
-                    [
-                        {
-                            "row_id": o.id,
-                            "old_state": o.from_state,
-                            "new_state": o.state,
-                            "new_outcome": o.outcome,
-                            "new_reason": o.reason,
-                            "uri": o.record_uri,
-                        }
-                        for o in finished
-                    ],
+        if finished:
+            conn.execute(
+                sa.update(FOLLOW)
+                .where(
+                    FOLLOW.c.id == sa.bindparam("row_id"),
+                    FOLLOW.c.state == sa.bindparam("old_state"),
                 )
-            if waiting:
-                conn.execute(
-                    sa.update(FOLLOW)
-                    .where(
-                        FOLLOW.c.id == sa.bindparam("row_id"),
-                        FOLLOW.c.state == sa.bindparam("old_state"),
-                    )
-                    .values(
-                        state=sa.bindparam("new_state"),
-                        next_try_at=sa.bindparam("due"),
-                        attempts=FOLLOW.c.attempts - sa.bindparam("refund"),
-                        updated_at=now,
-                    ),
-                    [
-                        {
-                            "row_id": o.id,
-                            "old_state": o.from_state,
-                            "new_state": o.state,
-                            "due": o.next_try_at if o.next_try_at is not None else now,
-                            "refund": 1 if o.refund else 0,
-                        }
-                        for o in waiting
-                    ],
+                .values(
+                    state=sa.bindparam("new_state"),
+                    outcome=sa.bindparam("new_outcome"),
+                    reason=sa.bindparam("new_reason"),
+                    record_uri=sa.bindparam("uri"),
+                    result_pending=True,
+                    updated_at=now,
+                ),
+                [
+                    {
+                        "row_id": o.id,
+                        "old_state": o.from_state,
+                        "new_state": o.state,
+                        "new_outcome": o.outcome,
+                        "new_reason": o.reason,
+                        "uri": o.record_uri,
+                    }
+                    for o in finished
+                ],
+            )
+        if waiting:
+            conn.execute(
+                sa.update(FOLLOW)
+                .where(
+                    FOLLOW.c.id == sa.bindparam("row_id"),
+                    FOLLOW.c.state == sa.bindparam("old_state"),
                 )
+                .values(
+                    state=sa.bindparam("new_state"),
+                    next_try_at=sa.bindparam("due"),
+                    attempts=FOLLOW.c.attempts - sa.bindparam("refund"),
+                    updated_at=now,
+                ),
+                [
+                    {
+                        "row_id": o.id,
+                        "old_state": o.from_state,
+                        "new_state": o.state,
+                        "due": o.next_try_at if o.next_try_at is not None else now,
+                        "refund": 1 if o.refund else 0,
+                    }
+                    for o in waiting
+                ],
+            )
         return len(finished)
 
     def fail_open(self, did: str, reason: str, now: float) -> int:
@@ -676,7 +741,7 @@ class Store:
                 state=FAILED,
                 outcome="failed",
                 reason=reason,
-                result_published=False,
+                result_pending=True,
                 updated_at=now,
             )
         )
@@ -705,18 +770,24 @@ class Store:
         with self.engine.begin() as conn:
             for chunk in _chunks(list(ids)):
                 conn.execute(
-                    sa.update(FOLLOW).where(FOLLOW.c.id.in_(chunk)).values(result_published=True)
+                    sa.update(FOLLOW).where(FOLLOW.c.id.in_(chunk)).values(result_pending=False)
                 )
 
     # --- budgets --------------------------------------------------------------------------
 
-    def spends(self, since: float) -> dict[str, list[tuple[float, int]]]:
+    def spends(
+        self, since: float, dids: Sequence[str] | None = None
+    ) -> dict[str, list[tuple[float, int]]]:
         out: dict[str, list[tuple[float, int]]] = {}
+        query = sa.select(SPEND.c.did, SPEND.c.at, SPEND.c.points).where(SPEND.c.at > since)
+        chunks: Iterable[Sequence[str] | None] = (
+            [None] if dids is None else _chunks(sorted(set(dids)))
+        )
         with self.engine.connect() as conn:
-            for did, at, points in conn.execute(
-                sa.select(SPEND.c.did, SPEND.c.at, SPEND.c.points).where(SPEND.c.at > since)
-            ):
-                out.setdefault(did, []).append((float(at), int(points)))
+            for chunk in chunks:
+                q = query if chunk is None else query.where(SPEND.c.did.in_(chunk))
+                for did, at, points in conn.execute(q):
+                    out.setdefault(did, []).append((float(at), int(points)))
         return out
 
     def add_spend(self, did: str, at: float, points: int, kind: str) -> None:
@@ -800,7 +871,7 @@ class Store:
                         state=FAILED,
                         outcome="failed",
                         reason="target_erased",
-                        result_published=False,
+                        result_pending=True,
                     )
                 )
             for did in sorted(actors):

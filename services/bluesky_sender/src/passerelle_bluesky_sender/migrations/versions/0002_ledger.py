@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("next_try_at", sa.Float(), nullable=False),
         sa.Column("batch_id", sa.String(32), nullable=True),
         sa.Column("record_uri", sa.String(4096), nullable=True),
-        sa.Column("result_published", sa.Boolean(), nullable=False),
+        sa.Column("result_pending", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.UniqueConstraint("actor", "target", name="uq_bluesky_follow_actor_target"),
@@ -70,8 +70,8 @@ def upgrade() -> None:
         "ix_bluesky_follow_unpublished",
         "bluesky_follow",
         ["id"],
-        sqlite_where=sa.text("NOT result_published"),
-        postgresql_where=sa.text("NOT result_published"),
+        sqlite_where=sa.text("result_pending"),
+        postgresql_where=sa.text("result_pending"),
     )
     op.create_table(
         "bluesky_budget_spend",

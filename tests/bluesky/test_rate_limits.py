@@ -1,0 +1,198 @@
+"""Rate limits: the real PDS's (``rateLimitsEnabled``), and resumption on a fast clock.
+
+- Against the real PDS with Bluesky's limits on: the person also used their account
+  (points the sender did not spend); the sender reads the headers, follows exactly as
+  many as the hourly budget still allows, never gets a 429, and keeps the rest for after
+  the reset announced by the server.
+- Through the proxy, which enforces the same limits on a fast clock shared with the
+  sender: after each reset the sender resumes, hour after hour and day after day, without
+  losing or repeating a follow and without ever going over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from passerelle_bluesky_sender.clock import FastClock
+from tests.bluesky.proxy import proxied
+from tests.bluesky.ratelimit import CREATE_COST, WriteLimiter
+from tests.bluesky.support import (
+    bus,
+    fake_did,
+    ledger_path,
+    metric,
+    metrics_text,
+    new_person,
+    query,
+    request_for,
+    results_of,
+    sender_env,
+    start_sender,
+)
+from tests.peers.pds.harness import FOLLOW_COLLECTION, LocalPds
+from tests.support.nats import NatsServer
+
+pytestmark = pytest.mark.e2e
+
+APPLY = "/xrpc/com.atproto.repo.applyWrites"
+
+
+def own_writes(pds: LocalPds, headers: dict[str, str], did: str, count: int) -> None:
+    """The person follows people from their own app (no bypass: it uses their budget)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    writes = [
+        {
+            "$type": "com.atproto.repo.applyWrites#create",
+            "collection": FOLLOW_COLLECTION,
+            "value": {"$type": FOLLOW_COLLECTION, "subject": fake_did(), "createdAt": now},
+        }
+        for _ in range(count)
+    ]
+    r = pds.http.post(
+        "/xrpc/com.atproto.repo.applyWrites", json={"repo": did, "writes": writes}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_stops_at_the_real_pds_limit_and_keeps_the_rest_for_the_reset(
+    pds_rate_limited: LocalPds, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    pds = pds_rate_limited
+    me = pds.create_account()
+    session = pds.create_session(me.handle, me.app_password)
+    headers = {"Authorization": f"Bearer {session['accessJwt']}"}
+    window_start = time.time()
+    for _ in range(3):
+        own_writes(pds, headers, me.did, 200)  # 1,800 points of the hour spent elsewhere
+    remaining = 5000 - 1800
+    allowed = remaining // CREATE_COST  # 1,066 follows
+
+    env = sender_env(pds.url, pds.plc_url, PASSERELLE_BLUESKY_CHECK_TARGETS="false")
+    sender = start_sender(nats_server, tmp_path, env)
+    targets = [fake_did() for _ in range(allowed + 134)]
+    db = ledger_path(tmp_path)
+    try:
+        async with bus(nats_server.url) as b:
+            person = new_person()
+            assert (await b.link(me.handle, me.app_password, person)).error is None
+            await b.publish_all([request_for(person, me.did, t) for t in targets])
+            results = await results_of(b, person, allowed, within=120)
+            await asyncio.sleep(3)  # would it try again? (it must not)
+            results = [r for r in await b.results() if r.person_id == person]
+            text = await metrics_text(sender)
+    finally:
+        sender.stop()
+
+    assert len(results) == allowed
+    assert {r.outcome for r in results} == {"followed"}
+    mine = Counter(pds.followed_dids(me.did))
+    assert sum(mine[t] for t in targets) == allowed
+    assert max(mine.values()) == 1
+    assert metric(text, "passerelle_rate_limited_total") == 0  # never refused
+    calls = metric(text, "passerelle_remote_calls_total", method="com.atproto.repo.applyWrites")
+    assert calls == -(-allowed // 200)  # 6 calls: 5 × 200 + 66, then it waits
+
+    # The rest waits in the ledger, untried.
+    waiting = query(db, "SELECT attempts FROM bluesky_follow WHERE state = 'pending'")
+    assert len(waiting) == len(targets) - allowed
+    assert {w["attempts"] for w in waiting} == {0}
+    # It read the headers: the points spent elsewhere are in its budget log, dated so that
+    # they free up exactly at the server's reset (one hour after the window started).
+    external = query(db, "SELECT at, points FROM bluesky_budget_spend WHERE kind = 'external'")
+    assert sum(e["points"] for e in external) == 1800
+    frees_at = min(e["at"] for e in external) + 3600
+    assert abs(frees_at - (window_start + 3600)) < 5
+    # And the server agrees there is nothing left this hour.
+    r = pds.http.post(
+        "/xrpc/com.atproto.repo.createRecord",
+        json={
+            "repo": me.did,
+            "collection": FOLLOW_COLLECTION,
+            "record": {
+                "$type": FOLLOW_COLLECTION,
+                "subject": fake_did(),
+                "createdAt": "2026-01-01T00:00:00.000Z",
+            },
+        },
+        headers=headers,
+    )
+    assert r.status_code == 429
+    assert int(r.headers["RateLimit-Remaining"]) == 0
+
+
+# (window, batch): the batch whose points had to leave that window before the next one.
+HOURLY_WAITS = [(3600.0, 0), (3600.0, 1)]
+DAILY_WAITS = [(3600.0, 0), (86400.0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("speedup", "per_hour", "per_day", "backlog", "waits"),
+    [
+        # Scaled down so that one batch (1-3 s on this shared machine) is an hour's budget.
+        (720.0, 600, 35000, 500, HOURLY_WAITS),  # three hourly windows: 200 + 200 + 100
+        (2880.0, 600, 1200, 500, DAILY_WAITS),  # the daily limit after 400, the rest next day
+    ],
+    ids=["hourly", "daily"],
+)
+async def test_resumes_after_each_reset_on_a_fast_clock(
+    speedup: float,
+    per_hour: int,
+    per_day: int,
+    backlog: int,
+    waits: list[tuple[float, int]],
+    pds: LocalPds,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    origin = time.time()
+    clock = FastClock(speedup, origin)
+    limiter = WriteLimiter(clock.now, limits=((per_hour, 3600.0), (per_day, 86400.0)))
+    proxy = proxied(pds.url, pds.plc_url, limiter=limiter)
+    env = sender_env(
+        proxy.url,
+        proxy.plc_url,
+        PASSERELLE_BLUESKY_CHECK_TARGETS="false",
+        PASSERELLE_BLUESKY_CLOCK_SPEEDUP=str(speedup),
+        PASSERELLE_BLUESKY_CLOCK_ORIGIN=str(origin),
+        PASSERELLE_BLUESKY_POINTS_PER_HOUR=str(per_hour),
+        PASSERELLE_BLUESKY_POINTS_PER_DAY=str(per_day),
+        PASSERELLE_BLUESKY_BATCH_LINGER_SECONDS=str(0.5 * speedup),  # half a real second
+        PASSERELLE_BLUESKY_RETRY_BASE_SECONDS="60",
+    )
+    sender = start_sender(nats_server, tmp_path, env)
+    me = pds.create_account()
+    targets = [fake_did() for _ in range(backlog)]
+    try:
+        async with bus(nats_server.url) as b:
+            person = new_person()
+            assert (await b.link(me.handle, me.app_password, person)).error is None
+            await b.publish_all([request_for(person, me.did, t) for t in targets])
+            results = await results_of(b, person, backlog, within=180)
+    finally:
+        sender.stop()
+        proxy.stop()
+
+    assert limiter.refused == 0, limiter.refusals  # never over a limit
+    assert {r.outcome for r in results} == {"followed"}
+    assert len({r.follow_id for r in results}) == backlog
+    mine = Counter(pds.followed_dids(me.did))
+    assert sorted(mine) == sorted(targets)
+    assert max(mine.values()) == 1
+    assert all(call.status == 200 for call in proxy.pds.calls(APPLY))
+    # Each batch is one window's budget; after each, the sender waited for the window
+    # and resumed promptly: the sender dates a call's points when its answer arrives
+    # (never earlier than the server counted them), so the next batch is due one window
+    # after that answer, and went out within 1.5 real seconds of it (the time to read
+    # the ledger, perhaps refresh the session, and send, on a shared machine).
+    applied = proxy.pds.applied_at
+    assert [n for _, _, n in applied] == [200, 200, 100]
+    first = applied[0][0]
+    timeline = [(round((c - first) / 3600, 2), round((a - first) / 3600, 2)) for c, a, _ in applied]
+    for i, (window, after) in enumerate(waits, start=1):
+        due = applied[after][1] + window
+        assert due <= applied[i][0] <= due + 1.5 * speedup, (i, timeline)
