@@ -203,19 +203,14 @@ class FollowFileParser:
             cut = data.rfind(b"},")
             if cut >= 0:
                 cut += 2
-                region = (
-                    b"".join((self._carry, memoryview(data)[:cut])) if self._carry else (data[:cut])
-                )
-                self._carry = data[cut:]
-                self._carry = self._region(region) + self._carry
+                head = memoryview(data)[:cut]
+                region = b"".join((self._carry, head)) if self._carry else bytes(head)
+                tail = data[cut:]
+                self._carry = self._region(region) + tail
                 if len(self._carry) > _MAX_CARRY:
                     self._carry = self._slow(self._carry, eof=False)
                 return
-        self._carry = (
-            self._slow(self._carry + data, eof=False)
-            if self._carry
-            else (self._slow(data, eof=False))
-        )
+        self._carry = self._slow(self._carry + data if self._carry else data, eof=False)
 
     def close(self) -> None:
         """Signal end of file: check the list is properly closed."""
