@@ -2,25 +2,30 @@
 
 from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
-from passerelle_contracts import ConsentChanged, UserErased
-from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
 from passerelle_ingest.auth import Auth
-from passerelle_ingest.errors import ARCHIVE_STATUS, ApiError
-from passerelle_ingest.importer import ArchiveImporter, ImportUnavailableError
-from passerelle_ingest.metrics import IngestMetrics
+from passerelle_ingest.errors import ARCHIVE_STATUS, UPLOAD_STATUS, ApiError
+from passerelle_ingest.importer import (
+    ArchiveImporter,
+    ImportUnavailableError,
+    UploadRejectedError,
+)
+from passerelle_ingest.lifecycle import change_consents, erase_person
 from passerelle_ingest.people import Consents, People
 from passerelle_ingest.sessions import COOKIE, Session
 from passerelle_ingest.settings import Settings
 from passerelle_ingest.status import SystemStatus, system_status
-from passerelle_platform.broker import publish_event
 from passerelle_platform.runtime import ServiceRuntime
 from passerelle_xarchive import ArchiveError
 
-MEMBER_PREFIXES = ("account", "follower", "following", "manifest")
+UPLOAD_MESSAGES = {
+    "archive_too_large": "This upload is too large. Upload only the follower and following files.",
+    "no_archive": "Send your X archive as the field 'archive', or its files as 'files'.",
+    "unexpected_file": "Only account.js, follower*.js and following*.js are accepted.",
+}
 
 
 class ImportAccepted(BaseModel):
@@ -61,7 +66,6 @@ def build_api(
     people: People,
     importer: ArchiveImporter,
     auth: Auth,
-    metrics: IngestMetrics,
 ) -> APIRouter:
     """Routes of the JSON API."""
     router = APIRouter(prefix="/api")
@@ -97,18 +101,7 @@ def build_api(
     ) -> ConsentsBody:
         """Change consents; matching hears it at once."""
         consents = Consents(body.matching, body.auto_follow, body.notifications)
-        revision = people.set_consents(session.person_id, consents)
-        await publish_event(
-            runtime.broker,
-            ConsentChanged(
-                region=settings.region,
-                person_id=session.person_id,
-                matching=body.matching,
-                auto_follow=body.auto_follow,
-                notifications=body.notifications,
-                revision=revision,
-            ),
-        )
+        await change_consents(runtime.broker, people, settings.region, session.person_id, consents)
         return body
 
     @router.post("/archive", status_code=status.HTTP_202_ACCEPTED, response_model=ImportAccepted)
@@ -116,51 +109,24 @@ def build_api(
         request: Request, session: Annotated[Session, Depends(csrf_checked)]
     ) -> ImportAccepted:
         """Upload the whole zip (field ``archive``) or the extracted files (field ``files``)."""
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_upload_bytes:
-            metrics.archives_rejected.labels("archive_too_large").inc()
-            raise _too_large(settings)
-        form = await request.form(max_files=settings.max_upload_files, max_fields=10)
         try:
-            uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-            archive = [u for k, u in uploads if k == "archive"]
-            files = [u for k, u in uploads if k == "files"]
-            if len(archive) == 1 and not files:
-                upload_kind = "zip"
-                outcome = await importer.import_zip(session.person_id, _stream(archive[0]))
-            elif files and not archive:
-                members: list[tuple[str, BinaryIO]] = []
-                for upload in files:
-                    name = (upload.filename or "").rsplit("/", 1)[-1]
-                    if not name.startswith(MEMBER_PREFIXES) or not name.endswith(".js"):
-                        raise ApiError(
-                            400,
-                            "unexpected_file",
-                            "Only account.js, follower*.js and following*.js are accepted.",
-                        )
-                    members.append((name, _stream(upload)))
-                upload_kind = "files"
-                outcome = await importer.import_members(session.person_id, members)
-            else:
-                raise ApiError(
-                    400,
-                    "no_archive",
-                    "Send your X archive as the field 'archive', or its files as 'files'.",
-                )
+            importer.check_declared_size(int(request.headers.get("content-length") or 0))
+            form = await request.form(max_files=settings.max_upload_files, max_fields=10)
+            try:
+                archives, files = form_uploads(form)
+                outcome = await importer.import_upload(session.person_id, archives, files)
+            finally:
+                await form.close()
+        except UploadRejectedError as error:
+            raise ApiError(
+                UPLOAD_STATUS[error.code], error.code, UPLOAD_MESSAGES[error.code]
+            ) from None
         except ArchiveError as error:
-            metrics.archives_rejected.labels(error.code).inc()
             raise ApiError(ARCHIVE_STATUS.get(error.code, 400), error.code, error.message) from None
         except ImportUnavailableError:
-            metrics.archives_rejected.labels("unavailable").inc()
             raise ApiError(
                 503, "unavailable", "passerelle cannot take archives right now; try again soon."
             ) from None
-        finally:
-            await form.close()
-        metrics.archives_imported.labels(upload_kind, outcome.state).inc()
-        if outcome.state == "published":
-            metrics.edges_ingested.labels("following").inc(outcome.following)
-            metrics.edges_ingested.labels("follower").inc(outcome.followers)
         return ImportAccepted(
             import_id=outcome.import_id,
             state=outcome.state,
@@ -186,21 +152,7 @@ def build_api(
     @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
     async def erase_me(session: Annotated[Session, Depends(csrf_checked)]) -> Response:
         """Delete everything about me, here and in every service."""
-        person = people.get(session.person_id)
-        event = UserErased(
-            region=settings.region,
-            person_id=session.person_id,
-            x_account_id=person.x_account_id if person else None,
-        )
-        await publish_event(runtime.broker, event)
-        import_ids = people.erase(session.person_id)
-        store = await runtime.broker.object_storage(ARCHIVE_EDGES_BUCKET)
-        for import_id in import_ids:
-            for direction in ("following", "followers"):
-                try:
-                    await store.delete(f"{import_id}.{direction}")
-                except Exception:  # noqa: BLE001 - already expired or removed
-                    runtime.log.info("edge payload already gone")
+        await erase_person(runtime.broker, people, settings.region, session.person_id)
         response = Response(status_code=204)
         response.delete_cookie(COOKIE)
         return response
@@ -208,15 +160,15 @@ def build_api(
     return router
 
 
-def _stream(upload: UploadFile) -> BinaryIO:
-    # Starlette spools uploads to a temporary file beyond 1 MB: seekable, not in memory.
-    return upload.file
+def form_uploads(
+    form: FormData,
+) -> tuple[list[tuple[str, BinaryIO]], list[tuple[str, BinaryIO]]]:
+    """The (name, stream) pairs of a form's ``archive`` and ``files`` fields.
 
-
-def _too_large(settings: Settings) -> HTTPException:
-    mb = settings.max_upload_bytes // (1024 * 1024)
-    return ApiError(
-        413,
-        "archive_too_large",
-        f"This upload is larger than {mb} MB. Upload only the follower and following files.",
-    )
+    Starlette spools uploads to temporary files beyond 1 MB: seekable, not in memory.
+    An empty file input (no file chosen) is not an upload.
+    """
+    uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    archives = [(u.filename or "", u.file) for k, u in uploads if k == "archive" and u.filename]
+    files = [(u.filename or "", u.file) for k, u in uploads if k == "files"]
+    return archives, files

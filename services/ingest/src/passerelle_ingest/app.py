@@ -56,15 +56,20 @@ def create_app(settings: Settings) -> tuple[ASGIApp, ServiceRuntime]:
     assert runtime.engine is not None
     people = People(runtime.engine)
     tmp_dir = settings.upload_tmp_dir or Path(tempfile.gettempdir()) / "passerelle-ingest"
+    metrics = IngestMetrics(runtime.metrics.registry)
     importer = ArchiveImporter(
-        runtime.engine, runtime.broker, settings.region, settings.archive_limits(), tmp_dir
+        runtime.engine,
+        runtime.broker,
+        settings.region,
+        settings.archive_limits(),
+        tmp_dir,
+        metrics,
     )
     signer = SessionSigner(settings.secret_key, settings.session_max_age_seconds)
     app.add_exception_handler(ApiError, api_error_handler)
     app.router.routes.extend(runtime.routes())
     auth = Auth(signer, people)
-    metrics = IngestMetrics(runtime.metrics.registry)
-    app.include_router(build_api(runtime, settings, people, importer, auth, metrics))
+    app.include_router(build_api(runtime, settings, people, importer, auth))
     sign_in = SignIn(runtime.broker, people, settings.region)
     app.include_router(build_signin_api(settings, sign_in, auth))
     app.include_router(

@@ -22,6 +22,10 @@ ARCHIVE_STATUS = {
 }
 
 
+#: Upload refusals that are not about the archive's content.
+UPLOAD_STATUS = {"archive_too_large": 413, "no_archive": 400, "unexpected_file": 400}
+
+
 class ApiError(HTTPException):
     """An error told to the person: HTTP status, stable code, human message."""
 

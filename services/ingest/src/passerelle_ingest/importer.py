@@ -24,9 +24,10 @@ from sqlmodel import Session, col, select
 
 from passerelle_contracts import ArchiveImported
 from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
+from passerelle_ingest.metrics import IngestMetrics
 from passerelle_ingest.models import ArchiveImport, Person
 from passerelle_platform.broker import publish_event
-from passerelle_xarchive import ArchiveLimits, read_archive, read_extracted_files
+from passerelle_xarchive import ArchiveError, ArchiveLimits, read_archive, read_extracted_files
 
 PAYLOAD_TTL_SECONDS = 14 * 24 * 3600
 
@@ -58,6 +59,18 @@ class ParsedArchive:
         self.followers_payload.unlink(missing_ok=True)
 
 
+#: Extracted files a browser may send (anything else is refused, not ignored).
+MEMBER_PREFIXES = ("account", "follower", "following", "manifest")
+
+
+class UploadRejectedError(Exception):
+    """The upload is not an archive nor its extracted files (``code`` says which)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class ImportUnavailableError(Exception):
     """NATS could not take the payload or the event: nothing was stored, retry later."""
 
@@ -66,13 +79,75 @@ class ArchiveImporter:
     """Turns an uploaded archive (a zip or extracted members) into an ``archive.imported``."""
 
     def __init__(
-        self, engine: Engine, broker: NatsBroker, region: str, limits: ArchiveLimits, tmp_dir: Path
+        self,
+        engine: Engine,
+        broker: NatsBroker,
+        region: str,
+        limits: ArchiveLimits,
+        tmp_dir: Path,
+        metrics: IngestMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.engine = engine
         self.broker = broker
         self.region = region
         self.limits = limits
         self.tmp_dir = tmp_dir
+
+    def check_declared_size(self, declared_bytes: int) -> None:
+        """Refuse an upload whose announced size is over the limit, before reading it."""
+        if declared_bytes > self.limits.max_archive_bytes:
+            self._rejected("archive_too_large")
+            raise UploadRejectedError("archive_too_large")
+
+    async def import_upload(
+        self,
+        person_id: str,
+        archives: list[tuple[str, BinaryIO]],
+        files: list[tuple[str, BinaryIO]],
+    ) -> ImportOutcome:
+        """Import what a form sent: one whole zip, or the extracted members (not both).
+
+        Raises :class:`UploadRejectedError` (``no_archive``, ``unexpected_file``),
+        an :class:`~passerelle_xarchive.ArchiveError`, or :class:`ImportUnavailableError`;
+        every outcome is counted in the metrics.
+        """
+        try:
+            kind, outcome = await self._import_form(person_id, archives, files)
+        except (UploadRejectedError, ArchiveError) as error:
+            self._rejected(error.code)
+            raise
+        except ImportUnavailableError:
+            self._rejected("unavailable")
+            raise
+        if self.metrics is not None:
+            self.metrics.archives_imported.labels(kind, outcome.state).inc()
+            if outcome.state == "published":
+                self.metrics.edges_ingested.labels("following").inc(outcome.following)
+                self.metrics.edges_ingested.labels("follower").inc(outcome.followers)
+        return outcome
+
+    async def _import_form(
+        self,
+        person_id: str,
+        archives: list[tuple[str, BinaryIO]],
+        files: list[tuple[str, BinaryIO]],
+    ) -> tuple[str, ImportOutcome]:
+        if len(archives) == 1 and not files:
+            return "zip", await self.import_zip(person_id, archives[0][1])
+        if not files or archives:
+            raise UploadRejectedError("no_archive")
+        members: list[tuple[str, BinaryIO]] = []
+        for filename, stream in files:
+            name = filename.rsplit("/", 1)[-1]
+            if not name.startswith(MEMBER_PREFIXES) or not name.endswith(".js"):
+                raise UploadRejectedError("unexpected_file")
+            members.append((name, stream))
+        return "files", await self.import_members(person_id, members)
+
+    def _rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.archives_rejected.labels(reason).inc()
 
     async def import_zip(self, person_id: str, archive: BinaryIO) -> ImportOutcome:
         """Import a whole X archive zip (a seekable stream spooled to disk, never in memory)."""

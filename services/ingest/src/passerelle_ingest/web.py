@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
 
 from babel.support import Translations
@@ -30,9 +30,8 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy import select
 from sqlmodel import Session as DbSession
 from sqlmodel import col
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
-from passerelle_contracts import ConsentChanged, UserErased
 from passerelle_contracts.base import NETWORKS, Network
 from passerelle_contracts.events import Direction
 from passerelle_contracts.rpc import (
@@ -47,24 +46,25 @@ from passerelle_contracts.rpc import (
     MatchSummaryReply,
     MatchSummaryRequest,
 )
-from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET
 from passerelle_ingest import i18n
-from passerelle_ingest.api import MEMBER_PREFIXES
+from passerelle_ingest.api import form_uploads
 from passerelle_ingest.auth import Auth
-from passerelle_ingest.errors import ARCHIVE_STATUS, ApiError
+from passerelle_ingest.errors import ARCHIVE_STATUS, UPLOAD_STATUS, ApiError
 from passerelle_ingest.importer import (
     PAYLOAD_TTL_SECONDS,
     ArchiveImporter,
     ImportOutcome,
     ImportUnavailableError,
+    UploadRejectedError,
 )
+from passerelle_ingest.lifecycle import change_consents, erase_person
 from passerelle_ingest.models import ArchiveImport, Person
 from passerelle_ingest.people import Consents, People
 from passerelle_ingest.sessions import COOKIE, Session
 from passerelle_ingest.settings import Settings
 from passerelle_ingest.signin import SignIn
 from passerelle_ingest.status import system_status
-from passerelle_platform.broker import ServiceUnavailableError, ask, publish_event
+from passerelle_platform.broker import ServiceUnavailableError, ask
 from passerelle_platform.runtime import ServiceRuntime
 from passerelle_xarchive import ArchiveError
 from passerelle_xarchive.messages import MESSAGES as ARCHIVE_MESSAGES
@@ -665,17 +665,8 @@ class _Web:
             auto_follow=form.get("auto_follow") == "on",
             notifications=form.get("notifications") == "on",
         )
-        revision = await asyncio.to_thread(self.people.set_consents, person.id, consents)
-        await publish_event(
-            self.runtime.broker,
-            ConsentChanged(
-                region=self.settings.region,
-                person_id=person.id,
-                matching=consents.matching,
-                auto_follow=consents.auto_follow,
-                notifications=consents.notifications,
-                revision=revision,
-            ),
+        await change_consents(
+            self.runtime.broker, self.people, self.settings.region, person.id, consents
         )
         latest = await asyncio.to_thread(self.latest_import, person.id)
         return self.redirect("/consents?saved=1" if latest else "/upload", ui)
@@ -752,30 +743,20 @@ class _Web:
                 request, ui, visitor, person, error=message, status_code=status_code
             )
 
-        limit = self.settings.max_upload_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
-            limit_text = human_bytes(limit)
+        try:
+            self.importer.check_declared_size(int(request.headers.get("content-length") or 0))
+        except UploadRejectedError:
+            limit_text = human_bytes(self.settings.max_upload_bytes)
             return await refuse(413, ui.error("too_large", {"limit": limit_text}), "too_large")
         form = await request.form(max_files=self.settings.max_upload_files, max_fields=10)
         try:
             if not self.check_csrf(request, visitor, form):
                 return await refuse(403, ui.error("csrf"), "csrf")
-            uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-            archive = [u for k, u in uploads if k == "archive" and u.filename]
-            files = [u for k, u in uploads if k == "files"]
+            archives, files = form_uploads(form)
             try:
-                if len(archive) == 1 and not files:
-                    outcome = await self.importer.import_zip(person.id, _stream(archive[0]))
-                elif files and not archive:
-                    members: list[tuple[str, BinaryIO]] = []
-                    for upload in files:
-                        name = (upload.filename or "").rsplit("/", 1)[-1]
-                        if not name.startswith(MEMBER_PREFIXES) or not name.endswith(".js"):
-                            return await refuse(400, ui.error("unexpected_file"), "unexpected_file")
-                        members.append((name, _stream(upload)))
-                    outcome = await self.importer.import_members(person.id, members)
-                else:
-                    return await refuse(400, ui.error("no_archive"), "no_archive")
+                outcome = await self.importer.import_upload(person.id, archives, files)
+            except UploadRejectedError as error:
+                return await refuse(UPLOAD_STATUS[error.code], ui.error(error.code), error.code)
             except ArchiveError as error:
                 status_code = ARCHIVE_STATUS.get(error.code, 400)
                 return await refuse(status_code, ui.archive_error(error), error.code)
@@ -1214,25 +1195,8 @@ class _Web:
         return response
 
     async def erase(self, person: Person) -> None:
-        """Delete everything about the person, here and (by ``user.erased``) everywhere.
-
-        The same steps as ``DELETE /api/me``.
-        """
-        await publish_event(
-            self.runtime.broker,
-            UserErased(
-                region=self.settings.region,
-                person_id=person.id,
-                x_account_id=person.x_account_id,
-            ),
-        )
-        import_ids = await asyncio.to_thread(self.people.erase, person.id)
-        store = await self.runtime.broker.object_storage(ARCHIVE_EDGES_BUCKET)
-        for import_id in import_ids:
-            try:
-                await store.delete(import_id)
-            except Exception:  # noqa: BLE001 - already expired or removed
-                self.runtime.log.info("edge payload already gone")
+        """Delete everything about the person, here and (by ``user.erased``) everywhere."""
+        await erase_person(self.runtime.broker, self.people, self.settings.region, person.id)
 
     async def demo_archive(self) -> Response:
         """The example archive of a demonstration node (``just demo``), if there is one."""
@@ -1344,11 +1308,6 @@ def _results_after_import(outcome: ImportOutcome) -> str:
 
 def _json_error(status_code: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
-
-
-def _stream(upload: UploadFile) -> BinaryIO:
-    # Starlette spools uploads to a temporary file beyond 1 MB: seekable, not in memory.
-    return upload.file
 
 
 def _aware(moment: datetime) -> datetime:
