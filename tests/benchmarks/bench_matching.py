@@ -241,11 +241,44 @@ def psycopg_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def tune(url: str) -> None:
+def tune(url: str, shared_buffers: str | None) -> str:
+    """Settings a production node would have; returns the shared_buffers in effect.
+
+    ``shared_buffers`` needs a restart: the server started by
+    ``tests.support.postgres`` is restarted with its own ``pg_ctl`` (same port and
+    options, kept in ``postmaster.opts``). If that fails the run goes on with the
+    default, and says so.
+    """
     with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
         for name, value in POSTGRES_SETTINGS.items():
             conn.execute(f"ALTER SYSTEM SET {name} = {value}")
         conn.execute("SELECT pg_reload_conf()")
+        if shared_buffers:
+            conn.execute(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
+        data = str(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
+    if shared_buffers:
+        pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        owner = Path(data).owner()
+        prefix = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 and owner != "root" else []
+        log = Path(data).parent / "restart.log"
+        command = [str(pg_ctl[-1]) if pg_ctl else "pg_ctl", "-D", data, "-l", str(log)]
+        done = subprocess.run(
+            [*prefix, *command, "-m", "fast", "-w", "restart"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # the server must not inherit a pipe we wait on
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            print("warning: could not restart PostgreSQL; default shared_buffers", flush=True)
+    for _ in range(100):
+        try:
+            with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+                return str(conn.execute("SHOW shared_buffers").fetchone()[0])  # type: ignore[index]
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    raise RuntimeError("PostgreSQL did not come back")
 
 
 def directory_phase(store: MatchingStore, population: Population) -> float:
@@ -402,7 +435,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def run(population: Population, cache: Path, work: Path) -> dict[str, Any]:
+def run(
+    population: Population, cache: Path, work: Path, shared_buffers: str | None
+) -> dict[str, Any]:
     print(
         f"population: {population.people:,} people among {population.accounts:,} X accounts,"
         f" ~{population.edges:,} edges, {population.newcomers:,} newcomers",
@@ -430,7 +465,8 @@ def run(population: Population, cache: Path, work: Path) -> dict[str, Any]:
     manifest = json.loads((data / "manifest.json").read_text())
     print(f"population: {manifest['edges']:,} edges in {data}", flush=True)
     with postgres_server() as url:
-        tune(url)
+        buffers = tune(url, shared_buffers)
+        print(f"PostgreSQL shared_buffers: {buffers}", flush=True)
         engine = make_engine(url)
         migrate(engine, MIGRATIONS, "matching")
         store = MatchingStore(engine, trust_archive_claims=True)
@@ -490,6 +526,7 @@ def run(population: Population, cache: Path, work: Path) -> dict[str, Any]:
         "newcomer_max_requests": max(n for _, n in timed),
         "bytes": sizes,
         "postgres": version,
+        "shared_buffers": buffers,
     }
 
 
@@ -502,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the generated population here and reuse it (default: a temp dir, removed)",
     )
     parser.add_argument("--work-dir", help="where temporary files go (default: the system's)")
+    parser.add_argument(
+        "--shared-buffers",
+        default="1GB",
+        help="PostgreSQL shared_buffers for the run ('' keeps the server's default)",
+    )
     parser.add_argument("--generate-into", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     population = Population(args.edges, args.seed)
@@ -513,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PASSERELLE_ENV", "dev")
     with tempfile.TemporaryDirectory(prefix="bench-matching-", dir=args.work_dir) as tmp:
         cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
-        result = run(population, cache, Path(tmp))
+        result = run(population, cache, Path(tmp), args.shared_buffers or None)
     ratio = result["load_seconds"] / result["copy_floor_seconds"]
     checks = {
         f"load ≤ {TARGETS['load_ratio']:g} × COPY floor (is {ratio:.2f} ×)": ratio

@@ -159,6 +159,12 @@ class MatchingMatch(SQLModel, table=True):
             sqlite_where=text(PENDING),
             postgresql_where=text(PENDING),
         ),
+        Index(
+            "ix_matching_match_pending_target",
+            "target_key",
+            sqlite_where=text(PENDING),
+            postgresql_where=text(PENDING),
+        ),
     )
 
     person_key: int = Field(primary_key=True)

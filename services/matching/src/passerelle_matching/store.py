@@ -638,6 +638,7 @@ class MatchingStore:
                 c.execute(text("SET LOCAL work_mem = '256MB'"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_target"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending"))
+                c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending_target"))
                 c.execute(
                     text(
                         self._INSERT + f" FROM ({derived}) d"
@@ -651,12 +652,13 @@ class MatchingStore:
                         " ON matching_match (target_key, network)"
                     )
                 )
-                c.execute(
-                    text(
-                        "CREATE INDEX ix_matching_match_pending"
-                        f" ON matching_match (person_key) WHERE {PENDING}"
+                for name, column in (("pending", "person_key"), ("pending_target", "target_key")):
+                    c.execute(
+                        text(
+                            f"CREATE INDEX ix_matching_match_{name}"
+                            f" ON matching_match ({column}) WHERE {PENDING}"
+                        )
                     )
-                )
                 c.execute(text("ANALYZE matching_match"))
             else:
                 c.execute(text("CREATE TEMPORARY TABLE matching_derived AS " + derived))
@@ -685,23 +687,32 @@ class MatchingStore:
         A request whose person has since unlinked the network goes back to
         ``selected`` (there is no actor to follow with).
         """
-        where = "m.pending"
         params: dict[str, Any] = {"limit": limit}
         expanding: list[BindParameter[Any]] = []
-        if scope is not None:
-            where += " AND (m.person_key IN :owners OR m.target_key IN :targets)"
+        if scope is None:
+            keys = f"SELECT person_key, network, target_key FROM matching_match WHERE {PENDING}"
+        else:
+            # Two index scans (by person, by target) rather than one OR that would
+            # walk every pending row.
+            keys = (
+                "SELECT person_key, network, target_key FROM matching_match"
+                f" WHERE {PENDING} AND person_key IN :owners"
+                " UNION SELECT person_key, network, target_key FROM matching_match"
+                f" WHERE {PENDING} AND target_key IN :targets"
+            )
             params["owners"] = sorted(scope.owners) or [-1]
             params["targets"] = sorted(scope.targets) or [-1]
             expanding = [bindparam("owners", expanding=True), bindparam("targets", expanding=True)]
         statement = text(
             "SELECT m.person_key, m.network, m.target_key, p.person_id, oa.account AS actor,"
             " m.target_account, t.x_id, m.directions"
-            " FROM matching_match m"
+            f" FROM ({keys} LIMIT :limit) k"
+            " JOIN matching_match m ON m.person_key = k.person_key"
+            "  AND m.network = k.network AND m.target_key = k.target_key"
             " JOIN matching_person p ON p.person_key = m.person_key"
             " JOIN matching_person t ON t.person_key = m.target_key"
             " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
             "  AND oa.network = m.network AND oa.account IS NOT NULL"
-            f" WHERE {where} LIMIT :limit"
         ).bindparams(*expanding)
         with self.engine.connect() as c:
             rows = c.execute(statement, params).all()
