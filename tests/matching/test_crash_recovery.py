@@ -69,14 +69,19 @@ async def test_a_killed_process_requests_every_follow_once(
             await ingest.settled()
             links: list[Any] = [ingest.linked(p.person_id, n) for p in people for n in p.accounts]
             random.Random(3).shuffle(links)
-            half = len(links) // 2
-            for event in links[:half]:
+            for event in links:
                 await ingest.publish(event)
-            info = await ingest.js.consumer_info("ACCOUNTS", "matching-identities")
+            # Kill it once it has started on the links and before it has finished.
+            for _ in range(2000):
+                info = await ingest.js.consumer_info("ACCOUNTS", "matching-identities")
+                started = info.delivered.consumer_seq > info.ack_floor.consumer_seq or (
+                    info.num_pending < len(links)
+                )
+                if started and info.num_pending + info.num_ack_pending > 0:
+                    break
+                await asyncio.sleep(0.002)
             matching.kill()
             assert info.num_pending + info.num_ack_pending > 0, "killed while busy"
-            for event in links[half:]:
-                await ingest.publish(event)
             matching.start()
             await asyncio.to_thread(matching.wait_http, "/readyz")
             await ingest.settled(within=90)
