@@ -40,7 +40,7 @@ def follows_per_window(fleet: MastodonFleet, domain: str, user: str, period: int
 
 
 def throttled(fleet: MastodonFleet) -> int:
-    return sum(int(i.stats().get("throttled", 0)) for i in fleet)
+    return sum(int(i.stats()["counters"].get("throttled", 0)) for i in fleet)
 
 
 @pytest.fixture(scope="module")

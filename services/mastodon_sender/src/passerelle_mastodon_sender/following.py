@@ -123,7 +123,6 @@ class Follower:
         self._flush_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._unpublished = True
-        self._gate = asyncio.Semaphore(settings.mastodon_max_concurrent_requests)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 
@@ -478,8 +477,7 @@ class Follower:
                 budget.follows.spend(now)
             await self._reserve(account)
             try:
-                async with self._gate:
-                    reply = await call()
+                reply = await call()
             except RateLimitedError as error:
                 budget.refused(error.rate, self.clock.now(), follow_call=follow)
                 self.metrics.calls.labels(operation, error.code).inc()

@@ -118,35 +118,44 @@ class Ledger:
             }
             for r in requests
         }
-        ids = list(rows)
         with self.engine.begin() as conn:
-            conn.execute(
-                _insert(self.engine, FOLLOWS).on_conflict_do_nothing(), list(rows.values())
-            )
-            conn.execute(
-                update(FOLLOWS)
-                .where(FOLLOWS.c.follow_id.in_(ids), FOLLOWS.c.state == "failed")
-                .values(
-                    state="pending",
-                    attempts=0,
-                    next_try_at=now,
-                    outcome=None,
-                    reason=None,
-                    done_at=None,
-                    published=False,
+            known = {
+                r.follow_id: r.state
+                for r in conn.execute(
+                    select(FOLLOWS.c.follow_id, FOLLOWS.c.state).where(
+                        FOLLOWS.c.follow_id.in_(list(rows))
+                    )
                 )
-            )
-            done = conn.execute(
-                update(FOLLOWS)
-                .where(FOLLOWS.c.follow_id.in_(ids), FOLLOWS.c.state == "done")
-                .values(published=False)
-            ).rowcount
-            persons = conn.execute(
-                select(FOLLOWS.c.person_id)
-                .where(FOLLOWS.c.follow_id.in_(ids), FOLLOWS.c.state == "pending")
-                .distinct()
-            ).scalars()
-            return Intake(set(persons), republish=bool(done))
+            }
+            new = [row for fid, row in rows.items() if fid not in known]
+            if new:
+                conn.execute(_insert(self.engine, FOLLOWS).on_conflict_do_nothing(), new)
+            failed = [fid for fid, state in known.items() if state == "failed"]
+            if failed:
+                conn.execute(
+                    update(FOLLOWS)
+                    .where(FOLLOWS.c.follow_id.in_(failed), FOLLOWS.c.state == "failed")
+                    .values(
+                        state="pending",
+                        attempts=0,
+                        next_try_at=now,
+                        outcome=None,
+                        reason=None,
+                        done_at=None,
+                        published=False,
+                    )
+                )
+            done = [fid for fid, state in known.items() if state == "done"]
+            if done:
+                conn.execute(
+                    update(FOLLOWS).where(FOLLOWS.c.follow_id.in_(done)).values(published=False)
+                )
+        waiting = [fid for fid, state in known.items() if state == "pending"]
+        persons = {
+            str(rows[fid]["person_id"])
+            for fid in [*(r["follow_id"] for r in new), *failed, *waiting]
+        }
+        return Intake(persons, republish=bool(done))
 
     # --- lanes ---------------------------------------------------------------------------------
 

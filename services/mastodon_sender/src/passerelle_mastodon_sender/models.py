@@ -99,14 +99,13 @@ class MastodonFollow(SQLModel, table=True):
         UniqueConstraint("person_id", "target", name="uq_mastodon_follow_person_target"),
         Index("ix_mastodon_follow_due", "person_id", "state", "next_try_at"),
         Index("ix_mastodon_follow_unpublished", "published", "state"),
-        Index("ix_mastodon_follow_target", "target"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     follow_id: str = Field(unique=True, max_length=32)
     person_id: str = Field(max_length=64)
     target: str = Field(max_length=512)
-    """``user@domain`` to follow."""
+    """``user@domain`` to follow (not indexed alone: only erasure looks rows up by it)."""
     target_x_id: str = Field(max_length=20)
     state: str = Field(default="pending", max_length=16)
     """``pending`` → ``working`` → ``done`` | ``failed`` (``pending`` again to retry)."""

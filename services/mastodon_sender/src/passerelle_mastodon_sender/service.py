@@ -47,8 +47,8 @@ class MastodonSender:
                 "set PASSERELLE_ENCRYPTION_KEYS to Fernet keys for real data"
             )
         self.db = Database(runtime.engine)
-        self.store = Store(runtime.engine)
-        self.ledger = Ledger(runtime.engine)
+        self.store = Store(self.db.engine)
+        self.ledger = Ledger(self.db.engine)
         self.api = MastodonApi(
             InstanceDirectory(
                 settings.mastodon_instance_urls,

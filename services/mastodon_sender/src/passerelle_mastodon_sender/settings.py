@@ -31,7 +31,8 @@ class Settings(PlatformSettings):
     """Accept ``http://`` base URLs in the overrides (loopback test servers only)."""
     mastodon_http_timeout_seconds: float = Field(default=15.0, gt=0)
     """Timeout of one call to an instance (real seconds)."""
-    mastodon_http_max_connections: int = Field(default=256, ge=1)
+    mastodon_http_max_connections: int = Field(default=512, ge=1)
+    """Calls in flight to all instances together."""
     mastodon_instance_max_concurrency: int = Field(default=16, ge=1)
     """Calls in flight to one instance at most (be a polite client)."""
     mastodon_instance_cache_seconds: float = Field(default=24 * 3600.0, ge=0)
@@ -64,8 +65,6 @@ class Settings(PlatformSettings):
     mastodon_follow_cap_ratio: float = Field(default=1.1, gt=0)
 
     # --- scheduler --------------------------------------------------------------------------
-    mastodon_max_concurrent_requests: int = Field(default=256, ge=1)
-    """Calls in flight to all instances together."""
     mastodon_relationships_batch: int = Field(default=40, ge=1, le=80)
     """Follows checked with one ``relationships`` call (and claimed together)."""
     mastodon_retry_base_seconds: float = Field(default=30.0, gt=0)

@@ -92,7 +92,6 @@ def upgrade() -> None:
         "ix_mastodon_follow_due", "mastodon_follow", ["person_id", "state", "next_try_at"]
     )
     op.create_index("ix_mastodon_follow_unpublished", "mastodon_follow", ["published", "state"])
-    op.create_index("ix_mastodon_follow_target", "mastodon_follow", ["target"])
     op.create_table(
         "mastodon_resolved",
         sa.Column("domain", sa.String(253), primary_key=True),
@@ -104,7 +103,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("mastodon_resolved")
-    op.drop_index("ix_mastodon_follow_target", "mastodon_follow")
     op.drop_index("ix_mastodon_follow_unpublished", "mastodon_follow")
     op.drop_index("ix_mastodon_follow_due", "mastodon_follow")
     op.drop_table("mastodon_follow")
