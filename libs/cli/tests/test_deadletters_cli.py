@@ -69,3 +69,9 @@ def test_list_replay_purge(nats_server: NatsServer) -> None:
     purged = run("deadletters", "purge", "--yes", "--nats", nats_server.url)
     assert purged.stdout.strip() == "purged 1 message(s)"
     assert asyncio.run(count(nats_server.url, DEAD_LETTERS.name)) == 0
+
+
+def test_stream_name_matches_the_contracts() -> None:
+    from passerelle_cli.deadletters import DEAD_LETTERS_STREAM
+
+    assert DEAD_LETTERS.name == DEAD_LETTERS_STREAM

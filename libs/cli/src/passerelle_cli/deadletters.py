@@ -11,13 +11,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Annotated
 
-import nats
-import nats.js.errors
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from passerelle_contracts.streams import DEAD_LETTERS, stream_for_subject
+# nats, rich and the contracts are imported inside the commands: every `passerelle`
+# invocation (archive inspection too) would otherwise pay for them at start-up.
+DEAD_LETTERS_STREAM = "DEAD_LETTERS"
 
 deadletters_app = typer.Typer(help="Messages consumers gave up on (the DEAD_LETTERS stream).")
 NatsOption = Annotated[
@@ -37,16 +35,19 @@ class DeadLetter:
 
 
 async def _list(url: str) -> list[DeadLetter]:
+    import nats
+    import nats.js.errors
+
     nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(DEAD_LETTERS.name)
+        info = await js.stream_info(DEAD_LETTERS_STREAM)
         found: list[DeadLetter] = []
         if info.state.messages == 0:
             return found
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
-                msg = await js.get_msg(DEAD_LETTERS.name, seq)
+                msg = await js.get_msg(DEAD_LETTERS_STREAM, seq)
             except nats.js.errors.NotFoundError:
                 continue  # purged or replayed
             headers = msg.headers or {}
@@ -66,12 +67,16 @@ async def _list(url: str) -> list[DeadLetter]:
 
 async def _replay(url: str, seqs: list[int]) -> int:
     """Republish parked messages to their original subject, then remove them."""
+    import nats
+
+    from passerelle_contracts.streams import stream_for_subject
+
     nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         done = 0
         for seq in seqs:
-            msg = await js.get_msg(DEAD_LETTERS.name, seq)
+            msg = await js.get_msg(DEAD_LETTERS_STREAM, seq)
             headers = dict(msg.headers or {})
             subject = headers.get("Passerelle-Original-Subject")
             if subject is None:
@@ -82,7 +87,7 @@ async def _replay(url: str, seqs: list[int]) -> int:
                 msg.data or b"",
                 headers={"Nats-Msg-Id": f"replay:{seq}:{headers.get('Nats-Msg-Id', '')}"},
             )
-            await js.delete_msg(DEAD_LETTERS.name, seq)
+            await js.delete_msg(DEAD_LETTERS_STREAM, seq)
             done += 1
         return done
     finally:
@@ -95,6 +100,9 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
 ) -> None:
     """List parked messages (subject, deliveries, size)."""
+    from rich.console import Console
+    from rich.table import Table
+
     letters = asyncio.run(_list(nats_url))
     if as_json:
         typer.echo(json.dumps([asdict(d) for d in letters]))
@@ -127,11 +135,13 @@ def purge(
         typer.confirm("Delete every dead letter?", abort=True)
 
     async def run() -> int:
+        import nats
+
         nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
-            before = (await js.stream_info(DEAD_LETTERS.name)).state.messages
-            await js.purge_stream(DEAD_LETTERS.name)
+            before = (await js.stream_info(DEAD_LETTERS_STREAM)).state.messages
+            await js.purge_stream(DEAD_LETTERS_STREAM)
             return int(before)
         finally:
             await nc.close()
