@@ -100,7 +100,8 @@ class DirectoryEntry(_DirectoryMessage):
     """At most one per network."""
 
     def dedupe_id(self) -> str:
-        return f"directory:{self.key}:{self.sent_at.isoformat()}"
+        # Short: the header crosses the hub with every copy of the message.
+        return stable_id("directory", self.key, self.sent_at.isoformat())
 
 
 class DirectoryTombstone(_DirectoryMessage):
@@ -116,7 +117,7 @@ class DirectoryTombstone(_DirectoryMessage):
     the consent to be found, or unlinked every network."""
 
     def dedupe_id(self) -> str:
-        return f"directory-tombstone:{self.key}:{self.sent_at.isoformat()}"
+        return stable_id("directory-tombstone", self.key, self.sent_at.isoformat())
 
 
 DirectoryMessage = Annotated[DirectoryEntry | DirectoryTombstone, Field(discriminator="type")]
