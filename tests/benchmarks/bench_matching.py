@@ -13,8 +13,8 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
    code (the 1,000 newcomers consent but link later);
 2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
    loaded by ``MatchingStore.import_archive`` — the code the ``archive.imported``
-   handler runs after fetching the objects — then ``VACUUM ANALYZE`` (so the
-   edges can answer queries: GIN pending list merged, statistics known);
+   handler runs after fetching the objects — then ``ANALYZE`` (so the planner
+   knows the edges and uses their index);
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
    unindexed table, from CSV (as the issue measured) and from binary;
 4. **full match**: ``MatchingStore.match_all`` (every match, in one statement);
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import psycopg
 import sqlalchemy as sa
 
@@ -237,6 +239,32 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class CpuMeter:
+    """CPU seconds used by this process and by every PostgreSQL process.
+
+    On a shared machine wall time measures the neighbours too; CPU time (client
+    and server together, as they work in turn) says what the work itself costs.
+    """
+
+    def __init__(self, url: str) -> None:
+        with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+            data = str(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
+        self.postmaster = psutil.Process(
+            int((Path(data) / "postmaster.pid").read_text().split()[0])
+        )
+
+    def seconds(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        total = own.ru_utime + own.ru_stime
+        times = self.postmaster.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+        for child in self.postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return total
+
+
 def psycopg_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
@@ -319,47 +347,46 @@ def load_phase(store: MatchingStore, population: Population, payloads: Path) -> 
         if i and i % 2000 == 0:
             print(f"  loaded {i:,} archives, {time.perf_counter() - started:.1f} s", flush=True)
     with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.execute(sa.text("VACUUM ANALYZE matching_edge_run"))
+        # What autovacuum would do soon: statistics, so the planner uses the GIN.
+        c.execute(sa.text("ANALYZE matching_edge_run"))
         c.execute(sa.text("ANALYZE matching_person"))
         c.execute(sa.text("ANALYZE matching_account"))
     return time.perf_counter() - started
 
 
-def floor_phase(url: str, directory: Path, work: Path) -> tuple[float, float]:
-    """Plain COPY of the same edges into an unindexed table: (CSV seconds, binary seconds)."""
+def floor_phase(url: str, directory: Path, work: Path, cpu: CpuMeter) -> dict[str, float]:
+    """Plain COPY of the same edges into an unindexed table, from CSV and from binary:
+    wall and CPU seconds of each."""
     csv_path = work / "floor.csv"
-    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+    out: dict[str, float] = {}
+
+    def copy_in(conn: psycopg.Connection[Any], fmt: str, source_path: Path) -> None:
         conn.execute("CREATE TABLE bench_floor (owner bigint, direction smallint, x_id bigint)")
-        started = time.perf_counter()
+        started, mark = time.perf_counter(), cpu.seconds()
         with (
             conn.cursor() as cur,
-            cur.copy("COPY bench_floor FROM STDIN (FORMAT BINARY)") as copy,
-            (directory / "floor.bin").open("rb") as source,
+            cur.copy(f"COPY bench_floor FROM STDIN (FORMAT {fmt})") as copy,
+            source_path.open("rb") as source,
         ):
             while chunk := source.read(1 << 20):
                 copy.write(chunk)
-        binary = time.perf_counter() - started
+        out[fmt.lower()] = time.perf_counter() - started
+        out[f"{fmt.lower()}_cpu"] = cpu.seconds() - mark
+
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        copy_in(conn, "BINARY", directory / "floor.bin")
         with (
             conn.cursor() as cur,
-            csv_path.open("wb") as out,
+            csv_path.open("wb") as sink,
             cur.copy("COPY bench_floor TO STDOUT (FORMAT CSV)") as copy,
         ):
             for chunk in copy:
-                out.write(chunk)
+                sink.write(chunk)
         conn.execute("DROP TABLE bench_floor")
-        conn.execute("CREATE TABLE bench_floor (owner bigint, direction smallint, x_id bigint)")
-        started = time.perf_counter()
-        with (
-            conn.cursor() as cur,
-            cur.copy("COPY bench_floor FROM STDIN (FORMAT CSV)") as copy,
-            csv_path.open("rb") as source,
-        ):
-            while chunk := source.read(1 << 20):
-                copy.write(chunk)
-        csv = time.perf_counter() - started
+        copy_in(conn, "CSV", csv_path)
         conn.execute("DROP TABLE bench_floor")
     csv_path.unlink()
-    return csv, binary
+    return out
 
 
 def match_phase(store: MatchingStore) -> tuple[float, int, int]:
@@ -470,17 +497,29 @@ def run(
         engine = make_engine(url)
         migrate(engine, MIGRATIONS, "matching")
         store = MatchingStore(engine, trust_archive_claims=True)
+        cpu = CpuMeter(url)
         directory = directory_phase(store, population)
         print(f"directory: {directory:.1f} s", flush=True)
+        mark = cpu.seconds()
         load = load_phase(store, population, data / "payloads")
-        print(f"load: {load:.1f} s ({store.count_edges():,} edges stored)", flush=True)
-        floor_csv, floor_binary = floor_phase(url, data, work)
+        load_cpu, mark = cpu.seconds() - mark, cpu.seconds()
         print(
-            f"COPY floor: {floor_csv:.1f} s from CSV, {floor_binary:.1f} s from binary", flush=True
+            f"load: {load:.1f} s, {load_cpu:.1f} s of CPU ({store.count_edges():,} edges stored)",
+            flush=True,
         )
-        match_seconds, matches, pending = match_phase(store)
+        floor = floor_phase(url, data, work, cpu)
+        floor_csv, floor_binary = floor["csv"], floor["binary"]
         print(
-            f"full match: {match_seconds:.1f} s, {matches:,} matches, {pending:,} requested",
+            f"COPY floor: {floor_csv:.1f} s ({floor['csv_cpu']:.1f} s of CPU) from CSV,"
+            f" {floor_binary:.1f} s ({floor['binary_cpu']:.1f} s of CPU) from binary",
+            flush=True,
+        )
+        mark = cpu.seconds()
+        match_seconds, matches, pending = match_phase(store)
+        match_cpu = cpu.seconds() - mark
+        print(
+            f"full match: {match_seconds:.1f} s, {match_cpu:.1f} s of CPU, {matches:,} matches,"
+            f" {pending:,} requested",
             flush=True,
         )
         with engine.connect() as c:
@@ -491,6 +530,7 @@ def run(
                 for table in ("matching_edge_run", "matching_match", "matching_person")
             }
             version = str(c.execute(sa.text("SHOW server_version")).scalar_one())
+        store.close()
         engine.dispose()
         timed, published = asyncio.run(newcomer_phase(url, population, work))
         latencies = [ms for ms, _ in timed]
@@ -527,6 +567,13 @@ def run(
         "bytes": sizes,
         "postgres": version,
         "shared_buffers": buffers,
+        "cpu_seconds": {
+            "load": round(load_cpu, 1),
+            "copy_floor_csv": round(floor["csv_cpu"], 1),
+            "copy_floor_binary": round(floor["binary_cpu"], 1),
+            "match": round(match_cpu, 1),
+        },
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
 
 

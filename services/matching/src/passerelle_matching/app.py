@@ -53,7 +53,7 @@ def create_service(settings: Settings) -> MatchingService:
     service = create_matching_service(runtime, settings)  # federated when configured
     runtime.include(build_router(service))
     runtime.on_connected.append(service.start_drainer)
-    runtime.on_shutdown.append(service.stop_drainer)
+    runtime.on_shutdown.append(service.close)
     return service
 
 

@@ -377,6 +377,11 @@ class MatchingService:
                 await self._drainer
             self._drainer = None
 
+    async def close(self) -> None:
+        """Stop the drain and give the database connection back (at shutdown)."""
+        await self.stop_drainer()
+        await asyncio.to_thread(self.store.close)
+
     async def _drain_forever(self) -> None:
         while True:
             try:

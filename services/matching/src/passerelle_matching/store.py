@@ -30,6 +30,7 @@ the state ``requested``; the service publishes and then clears it.
 # ruff: noqa: S608 - see the module docstring: no value is ever formatted into SQL
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
+from sqlalchemy.exc import DBAPIError
 
 from passerelle_contracts.base import Network, stable_id
 from passerelle_contracts.events import Direction, FollowOutcome, follow_id
@@ -165,6 +167,7 @@ class MatchingStore:
         self.trust_archive_claims = trust_archive_claims
         self.clock = clock
         self._lock = threading.Lock()
+        self._writer: Connection | None = None
         levels: tuple[TrustLevel, ...] = (VERIFIED, CLAIMED, DISPUTED)
         allowed = [x for x in levels if trusted(x, trust_archive_claims=trust_archive_claims)]
         self._trusted_sql = "t.trust IN (" + ",".join(f"'{x}'" for x in allowed) + ")"
@@ -173,10 +176,35 @@ class MatchingStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._lock, self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
-            yield connection
+        """One write transaction at a time, on a connection kept for writing.
+
+        Writes are serialised anyway, so one connection serves them all and no
+        pool checkout (with its liveness ping) is paid per event. A connection
+        that fails is dropped; the next write opens a new one.
+        """
+        with self._lock:
+            if self._writer is None or self._writer.invalidated or self._writer.closed:
+                self._writer = self.engine.connect()
+            connection = self._writer
+            try:
+                with connection.begin():
+                    if self.dialect == "postgresql":
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK}
+                        )
+                    yield connection
+            except DBAPIError:
+                with contextlib.suppress(Exception):
+                    connection.close()
+                self._writer = None
+                raise
+
+    def close(self) -> None:
+        """Give the writing connection back (the engine is the caller's)."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     # --- the directory ---------------------------------------------------------------
 
