@@ -117,7 +117,7 @@ class MatchingService:
         self.store = store
         self.log = runtime.log
         self.metrics = MatchingMetrics(runtime, settings)
-        self._flush_lock = asyncio.Lock()
+        self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
         self._js: Any = None
@@ -296,20 +296,30 @@ class MatchingService:
     # --- the outbox --------------------------------------------------------------------
 
     async def flush(self, scope: Scope | None) -> int:
-        """Publish the pending follow requests in ``scope`` (``None``: all of them)."""
+        """Publish the pending follow requests in ``scope`` (``None``: all of them).
+
+        Flushes may overlap (an event's own, and the periodic drain): a request
+        published twice is stored once (same ``Nats-Msg-Id``). Only the drain is
+        kept to one at a time; it never holds up an event's flush.
+        """
         if scope is not None and not scope:
             return 0
+        if scope is None:
+            async with self._drain_lock:
+                return await self._flush(None)
+        return await self._flush(scope)
+
+    async def _flush(self, scope: Scope | None) -> int:
         published = 0
-        async with self._flush_lock:
-            while True:
-                ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
-                if not ready:
-                    return published
-                await self._publish(ready)
-                await asyncio.to_thread(self.store.mark_published, [r.key for r in ready])
-                published += len(ready)
-                if len(ready) < OUTBOX_BATCH:
-                    return published
+        while True:
+            ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
+            if not ready:
+                return published
+            await self._publish(ready)
+            await asyncio.to_thread(self.store.mark_published, [r.key for r in ready])
+            published += len(ready)
+            if len(ready) < OUTBOX_BATCH:
+                return published
 
     async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
         """Publish follow requests pipelined: all sent, then all PubAcks awaited.

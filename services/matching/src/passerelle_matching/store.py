@@ -780,6 +780,20 @@ class MatchingStore:
         if not keys:
             return
         with self.engine.begin() as c:
+            if self.dialect == "postgresql":
+                # One statement for the whole batch.
+                persons, networks, targets = (list(column) for column in zip(*keys, strict=True))
+                c.execute(
+                    text(
+                        "UPDATE matching_match m SET pending = false"
+                        " FROM unnest(CAST(:p AS integer[]), CAST(:n AS smallint[]),"
+                        "  CAST(:t AS integer[])) AS k(person_key, network, target_key)"
+                        " WHERE m.person_key = k.person_key AND m.network = k.network"
+                        " AND m.target_key = k.target_key"
+                    ),
+                    {"p": persons, "n": networks, "t": targets},
+                )
+                return
             c.execute(
                 text(
                     "UPDATE matching_match SET pending = false"
