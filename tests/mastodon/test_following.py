@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import nats.js.errors
 from sqlalchemy import text
@@ -257,3 +258,16 @@ async def test_granular_scopes_refused_after_linking_ask_the_person_again(
     await harness.wait_for(lambda: len(harness.unlinked) == 1, what="identity.unlinked")
     again = await harness.authorize("alpha.test")
     assert "scope=read+write+follow" in (again.authorize_url or "")
+
+
+async def test_a_429_waits_for_the_announced_reset(harness: Harness) -> None:
+    alpha, beta = harness.fleet["alpha.test"], harness.fleet["beta.test"]
+    actor = await link_alice(harness)
+    beta.create_account("bob")
+    alpha.inject_fault(path="/api/v1/accounts/*/follow", method="POST", status=429, reset_in=2.0)
+    started = time.monotonic()
+    await harness.request_follows("p-alice", actor, ["bob@beta.test"])
+    results = await harness.wait_results("p-alice", 1)
+    assert results["bob@beta.test"].outcome == "followed"
+    assert time.monotonic() - started >= 2.0  # not before the reset
+    assert summary(harness, "alpha.test", "alice") == {"created": 1}

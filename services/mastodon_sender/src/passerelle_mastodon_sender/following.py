@@ -118,6 +118,9 @@ class Follower:
         self._lanes: dict[str, _Lane] = {}
         self._budgets: dict[str, AccountBudget] = {}
         self._reserved: dict[str, tuple[float, int]] = {}
+        self._reserving: dict[str, tuple[float, int]] = {}
+        self._reserved_saved: asyncio.Future[None] | None = None
+        self._reservation_task: asyncio.Task[None] | None = None
         self._resolved: dict[tuple[str, str], str] = {}
         self._buffer: list[Outcome] = []
         self._flush_wanted = asyncio.Event()
@@ -227,6 +230,7 @@ class Follower:
             raise
         except Exception:
             self.log.exception("lane stopped", person_id=person_id)
+            await asyncio.sleep(1.0)  # no tight loop if the next lane fails the same way
         finally:
             if self._lanes.get(person_id) is lane:
                 del self._lanes[person_id]
@@ -497,14 +501,36 @@ class Follower:
             return reply
 
     async def _reserve(self, account: _Account) -> None:
-        """Save the call count ahead of use, so a restart never undercounts."""
+        """Save the call count ahead of use, so a restart never undercounts.
+
+        Every lane reserves at each new window: the writes are grouped (one
+        transaction for all lanes that asked within a few milliseconds).
+        """
         window = account.budget.requests
         end, reserved = self._reserved.get(account.person_id, (0.0, 0))
         if window.end == end and window.used <= reserved:
             return
         ahead = (window.end, window.used + self.settings.mastodon_request_reserve_chunk)
-        await self.db.run(self.store.reserve_requests, account.person_id, *ahead)
         self._reserved[account.person_id] = ahead
+        self._reserving[account.person_id] = ahead
+        if self._reserved_saved is None:
+            self._reserved_saved = asyncio.get_running_loop().create_future()
+            self._reservation_task = asyncio.create_task(self._save_reservations())
+        await asyncio.shield(self._reserved_saved)
+
+    async def _save_reservations(self) -> None:
+        await asyncio.sleep(0.005)  # let the other lanes that need one join in
+        batch, self._reserving = self._reserving, {}
+        saved, self._reserved_saved = self._reserved_saved, None
+        assert saved is not None
+        try:
+            await self.db.run(self.store.reserve_requests, batch)
+        except Exception as error:  # noqa: BLE001 - handed to every lane waiting for it
+            for person_id in batch:
+                self._reserved.pop(person_id, None)
+            saved.set_exception(error)
+        else:
+            saved.set_result(None)
 
     # --- outcomes ------------------------------------------------------------------------------
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+FILE_CHECK_SECONDS = 1.0
+"""The overrides file is looked at (``stat``) at most this often."""
 
 
 class InvalidInstanceError(ValueError):
@@ -79,11 +83,16 @@ class InstanceDirectory:
         self._static = {k.lower(): v.rstrip("/") for k, v in (overrides or {}).items()}
         self._file = overrides_file
         self._file_state: tuple[float, dict[str, str]] = (-1.0, {})
+        self._checked_at = -1.0
         self.allow_http = allow_http
 
     def _from_file(self) -> dict[str, str]:
         if self._file is None:
             return {}
+        now = time.monotonic()
+        if now - self._checked_at < FILE_CHECK_SECONDS:
+            return self._file_state[1]
+        self._checked_at = now
         try:
             mtime = self._file.stat().st_mtime
             if mtime != self._file_state[0]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlmodel import Session, col
 
 from passerelle_mastodon_sender.models import (
@@ -151,15 +151,21 @@ class Store:
             )
             session.commit()
 
-    def reserve_requests(self, person_id: str, window_end: float, reserved: int) -> None:
-        """Count calls ahead: after a restart the window's count resumes from ``reserved``."""
-        with Session(self.engine) as session:
-            session.execute(
-                update(MastodonLink)
-                .where(col(MastodonLink.person_id) == person_id)
-                .values(requests_window_end=window_end, requests_reserved=reserved)
+    def reserve_requests(self, reservations: dict[str, tuple[float, int]]) -> None:
+        """Count calls ahead, per person ``(window_end, reserved)``: after a restart each
+        window's count resumes from what was reserved."""
+        if not reservations:
+            return
+        statement = (
+            update(MastodonLink)
+            .where(col(MastodonLink.person_id) == bindparam("b_person"))
+            .values(requests_window_end=bindparam("b_end"), requests_reserved=bindparam("b_n"))
+        )
+        with self.engine.begin() as connection:
+            connection.execute(
+                statement,
+                [{"b_person": p, "b_end": e, "b_n": n} for p, (e, n) in reservations.items()],
             )
-            session.commit()
 
     def remove_link(self, person_id: str) -> MastodonLink | None:
         with Session(self.engine, expire_on_commit=False) as session:
