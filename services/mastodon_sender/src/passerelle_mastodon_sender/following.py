@@ -51,6 +51,7 @@ Publish = Callable[[Event], Awaitable[bool]]
 MAX_REFUSALS = 5
 """429s in a row on one call before its rows are put back for later."""
 RESOLVED_CACHE_SIZE = 200_000
+STOP_FLUSH_SECONDS = 5.0
 
 
 @dataclass
@@ -158,7 +159,8 @@ class Follower:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._flush()
+            # Bounded: with NATS gone, what is not published now is published at the next start.
+            await asyncio.wait_for(self._flush(), timeout=STOP_FLUSH_SECONDS)
 
     def wake(self, person_ids: Iterable[str]) -> None:
         """There is (new) work for these persons."""
