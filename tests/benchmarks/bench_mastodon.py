@@ -404,7 +404,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "instances_cpu_seconds": round(servers_cpu, 1),
         "api_requests": stats.get("requests", 0),
         "load_average_1m": round(psutil.getloadavg()[0], 2),
-        "debug_counters": stats,
     }
 
 
