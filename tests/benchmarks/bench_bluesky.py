@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import math
+import multiprocessing
 import random
 import sys
 import tempfile
@@ -121,6 +122,13 @@ async def link_people(url: str, fake: FakeBluesky, people: int) -> list[tuple[st
     return out
 
 
+def publish_in_process(
+    url: str, people: list[tuple[str, str]], backlog: int, pool: list[str], seed: int
+) -> None:
+    """The publisher, in its own process (not competing with the fake server here)."""
+    asyncio.run(publish_backlogs(url, people, backlog, pool, seed))
+
+
 async def publish_backlogs(
     url: str, people: list[tuple[str, str]], backlog: int, pool: list[str], seed: int
 ) -> int:
@@ -167,6 +175,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "PASSERELLE_BLUESKY_CLOCK_SPEEDUP": str(args.speedup),
         "PASSERELLE_BLUESKY_CLOCK_ORIGIN": str(origin),
         "PASSERELLE_LOG_LEVEL": "WARNING",
+        "PASSERELLE_BLUESKY_CHECK_TARGETS": "true" if args.check_targets else "false",
+        **dict(kv.split("=", 1) for kv in args.env),
     }
     sender = ServiceProcess("bluesky_sender", nats_server.url, work, env).start()
     try:
@@ -182,24 +192,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.hours} simulated hours at ×{args.speedup:g} = "
             f"{args.hours * 3600 / args.speedup:.0f} s"
         )
-        publisher = asyncio.create_task(
-            publish_backlogs(nats_server.url, linked, args.backlog, pool, args.seed)
+        publisher = multiprocessing.get_context("spawn").Process(
+            target=publish_in_process,
+            args=(nats_server.url, linked, args.backlog, pool, args.seed),
+            name="bench-publisher",
         )
+        publisher.start()
         per_person = allowed_follows(args.hours, args.backlog)
         while clock.now() < end:
             await asyncio.sleep(min(10.0, max(0.05, (end - clock.now()) / args.speedup)))
-            if publisher.done() and publisher.exception() is not None:
-                raise RuntimeError("publishing failed") from publisher.exception()
+            if not publisher.is_alive() and publisher.exitcode not in (0, None):
+                raise RuntimeError(f"publishing failed (exit {publisher.exitcode})")
             hours = (clock.now() - t0) / 3600
             done = sum(n for t, _, n in fake.stats.log if t0 <= t <= end)
+            publishing = "..." if publisher.is_alive() else "yes"
             log(
                 f"sim {hours:5.2f} h  done {done:>9,}  refused {fake.stats.refused}  "
-                f"dup {fake.stats.duplicates}  published {'yes' if publisher.done() else '...'}  "
+                f"dup {fake.stats.duplicates}  published {publishing}  "
                 f"sender cpu {sender_cpu_seconds() - cpu0:6.1f} s"
             )
         real = time.monotonic() - real0
         cpu = sender_cpu_seconds() - cpu0
-        published = await publisher
+        publisher.join(60)
+        published = args.people * args.backlog if publisher.exitcode == 0 else 0
     finally:
         sender.stop()
         nats_server.stop()
@@ -241,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speedup", type=float, default=100.0)
     parser.add_argument("--targets", type=int, default=20000, help="distinct target accounts")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the sender")
+    parser.add_argument(
+        "--no-check-targets",
+        dest="check_targets",
+        action="store_false",
+        help="do not look targets up before following (they are all there)",
+    )
     parser.add_argument("--work-dir")
     args = parser.parse_args(argv)
     if args.backlog > args.targets:

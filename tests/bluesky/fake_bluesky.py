@@ -10,6 +10,7 @@ No real PDS absorbs millions of writes in minutes; this one only records.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import json
@@ -92,10 +93,13 @@ class Stats:
 
 
 class FakeBluesky(HttpServer):
-    def __init__(self, clock: Callable[[], float], *, max_writes: int = 200) -> None:
+    def __init__(
+        self, clock: Callable[[], float], *, max_writes: int = 200, write_delay: float = 0.0
+    ) -> None:
         super().__init__(self._handle)
         self.clock = clock
         self.max_writes = max_writes
+        self.write_delay = write_delay
         self.limiter = WriteLimiter(clock)
         self.handles: dict[str, str] = {}
         self.passwords: dict[str, str] = {}
@@ -125,6 +129,8 @@ class FakeBluesky(HttpServer):
         }.get(method)
         if handler is None:
             return error(404, "MethodNotImplemented", method)
+        if self.write_delay and method == "com.atproto.repo.applyWrites":
+            await asyncio.sleep(self.write_delay)
         return handler(request)
 
     def _did_doc(self, did: str) -> Response:

@@ -85,7 +85,7 @@ class BlueskyFollow(SQLModel, table=True):
     )
     actor: str = Field(max_length=2048)
     target: str = Field(max_length=2048)
-    follow_id: str = Field(index=True, max_length=32)
+    follow_id: str = Field(max_length=32)
     person_id: str = Field(index=True, max_length=128)
     state: str = Field(default=PENDING, max_length=16)
     outcome: str | None = Field(default=None, max_length=32)

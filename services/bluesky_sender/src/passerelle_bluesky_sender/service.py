@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import functools
 import socket
-
-import httpx
+from collections.abc import Sequence
+from typing import Any
 
 from passerelle_bluesky_sender import __version__
 from passerelle_bluesky_sender.budget import DAY, HOUR
@@ -26,10 +26,10 @@ from passerelle_bluesky_sender.outbox import Outbox
 from passerelle_bluesky_sender.scheduler import Scheduler
 from passerelle_bluesky_sender.sessions import Sessions
 from passerelle_bluesky_sender.settings import Settings
-from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store
+from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store, store_engine
 from passerelle_bluesky_sender.targets import TargetChecker
 from passerelle_bluesky_sender.xrpc import XrpcClient
-from passerelle_contracts import BlueskyFollowRequested, Event, IdentityUnlinked
+from passerelle_contracts import Event, IdentityUnlinked
 from passerelle_platform.broker import publish_event
 from passerelle_platform.runtime import ServiceRuntime
 
@@ -50,17 +50,15 @@ class BlueskySender:
             settings.encryption_keys.get_secret_value(), dev=settings.env == "dev"
         )
         self.metrics = SenderMetrics(runtime.metrics.registry)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.bluesky_http_timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=settings.bluesky_http_max_connections,
-                max_keepalive_connections=settings.bluesky_http_max_connections,
-            ),
-            headers={"User-Agent": f"passerelle-bluesky-sender/{__version__}"},
-        )
         tracer = runtime.tracer_provider.get_tracer("passerelle_bluesky_sender", __version__)
-        self.xrpc = XrpcClient(self.http, tracer, self.metrics.observe_call)
-        self.store = Store(runtime.engine)
+        self.xrpc = XrpcClient(
+            tracer,
+            self.metrics.observe_call,
+            timeout=settings.bluesky_http_timeout_seconds,
+            max_connections=settings.bluesky_http_max_connections,
+            user_agent=f"passerelle-bluesky-sender/{__version__}",
+        )
+        self.store = Store(store_engine(runtime.engine))
         self.resolver = IdentityResolver(
             self.xrpc,
             handle_resolver_url=settings.bluesky_handle_resolver_url,
@@ -81,6 +79,7 @@ class BlueskySender:
             region=settings.region,
             concurrency=settings.bluesky_result_publish_concurrency,
             metrics=self.metrics,
+            tracer=tracer,
             log=self.log,
         )
         self.scheduler = Scheduler(
@@ -96,14 +95,7 @@ class BlueskySender:
             on_results=self.outbox.wake,
             owner=settings.bluesky_replica_id or f"{socket.gethostname()}:{settings.http_port}",
         )
-        self.intake = Intake(
-            self.store,
-            self.clock,
-            batch=settings.bluesky_intake_batch,
-            linger=settings.bluesky_intake_linger_seconds,
-            on_recorded=self._on_recorded,
-            log=self.log,
-        )
+        self.intake = Intake(self.store, self.clock, on_recorded=self._on_recorded, log=self.log)
         self.linker = Linker(
             resolver=self.resolver,
             xrpc=self.xrpc,
@@ -144,19 +136,26 @@ class BlueskySender:
         if self._metrics_task is not None:
             self._metrics_task.cancel()
             await asyncio.gather(self._metrics_task, return_exceptions=True)
-        await self.intake.stop()
         await self.scheduler.stop()
         await self.outbox.stop()
-        await self.http.aclose()
+        await self.xrpc.close()
+        if self.store.engine is not self.runtime.engine:
+            self.store.engine.dispose()
 
     async def publish(self, event: Event) -> bool:
         return await publish_event(self.runtime.broker, event)
 
     # --- what the handlers call -----------------------------------------------------------
 
-    async def follow_requested(self, request: BlueskyFollowRequested) -> None:
-        self.metrics.requests.labels(NETWORK).inc()
-        await self.intake.submit(request)
+    async def follow_requests(self, messages: Sequence[Any]) -> None:
+        """A pulled batch of ``follow.requested.bluesky`` messages (raw, acked here)."""
+        self.metrics.requests.labels(NETWORK).inc(len(messages))
+        try:
+            await self.intake.take(messages)
+        except Exception:
+            # Unacked, the batch is redelivered after ack_wait; say why (FastStream is quiet).
+            self.log.exception("follow requests not taken")
+            raise
 
     async def erase(self, person_id: str) -> None:
         had_link = await self.linker.erase(person_id)

@@ -28,7 +28,8 @@ class Settings(PlatformSettings):
     """Accept ``http://`` PDS endpoints in DID documents (local test servers only)."""
     bluesky_http_timeout_seconds: float = Field(default=20.0, gt=0)
     """Timeout of one call to a PDS, the directory or the resolver (real seconds)."""
-    bluesky_http_max_connections: int = Field(default=64, ge=1)
+    bluesky_http_max_connections: int = Field(default=16, ge=1)
+    """Connections per PDS or directory host (four times as many in all)."""
 
     # --- sessions -------------------------------------------------------------------------
     bluesky_session_max_age_seconds: float = Field(default=3600.0, gt=0)
@@ -72,9 +73,9 @@ class Settings(PlatformSettings):
 
     # --- intake and results ---------------------------------------------------------------
     bluesky_intake_batch: int = Field(default=500, ge=1)
-    bluesky_intake_linger_seconds: float = Field(default=0.005, ge=0)
-    """Group commit: wait this long (real seconds) for more requests before writing."""
-    bluesky_result_publish_concurrency: int = Field(default=256, ge=1)
+    """Follow requests pulled, recorded (one transaction) and acked together."""
+    bluesky_result_publish_concurrency: int = Field(default=1000, ge=1)
+    """Results in flight to the stream at once (acks awaited together)."""
     bluesky_metrics_interval_seconds: float = Field(default=5.0, gt=0)
     """How often the backlog and budget gauges are refreshed (real seconds)."""
 

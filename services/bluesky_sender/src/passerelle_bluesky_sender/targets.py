@@ -45,21 +45,63 @@ class TargetChecker:
         self.clock = clock
         self.ttl = ttl
         self._limit = asyncio.Semaphore(concurrency)
+        self._memo: dict[str, tuple[str, float]] = {}
+        self._checking: dict[str, asyncio.Future[str | None]] = {}
         self.checks = 0
 
     async def statuses(self, dids: Sequence[str]) -> dict[str, str]:
-        """Known statuses of ``dids`` (those whose check was inconclusive are left out)."""
+        """Known statuses of ``dids`` (those whose check was inconclusive are left out).
+
+        Remembered in memory and in the database; a target being checked for one account
+        is not checked again for another at the same time."""
         if not dids:
             return {}
         now = self.clock.now()
-        cached = await asyncio.to_thread(self.store.target_statuses, dids, now - self.ttl)
-        missing = sorted(set(dids) - set(cached))
-        if not missing:
-            return cached
-        found = await asyncio.gather(*(self._check(did) for did in missing))
-        fresh = {did: status for did, status in zip(missing, found, strict=True) if status}
-        await asyncio.to_thread(self.store.save_target_statuses, fresh, self.clock.now())
-        return {**cached, **fresh}
+        out: dict[str, str] = {}
+        unknown: list[str] = []
+        for did in set(dids):
+            memo = self._memo.get(did)
+            if memo is not None and memo[1] > now - self.ttl:
+                out[did] = memo[0]
+            else:
+                unknown.append(did)
+        if unknown:
+            cached = await asyncio.to_thread(self.store.target_statuses, unknown, now - self.ttl)
+            self._remember(cached, now)
+            out.update(cached)
+            unknown = [d for d in unknown if d not in cached]
+        if not unknown:
+            return out
+        theirs = {d: self._checking[d] for d in unknown if d in self._checking}
+        mine = [d for d in unknown if d not in theirs]
+        loop = asyncio.get_running_loop()
+        for did in mine:
+            self._checking[did] = loop.create_future()
+        results: dict[str, str | None] = {}
+        try:
+            found = await asyncio.gather(*(self._check(did) for did in mine))
+            results = dict(zip(mine, found, strict=True))
+        finally:
+            for did in mine:
+                future = self._checking.pop(did)
+                if not future.done():
+                    future.set_result(results.get(did))
+        fresh = {did: status for did, status in results.items() if status}
+        if fresh:
+            self._remember(fresh, self.clock.now())
+            await asyncio.to_thread(self.store.save_target_statuses, fresh, self.clock.now())
+        out.update(fresh)
+        for did, future in theirs.items():  # being checked for another account
+            status = await future
+            if status:
+                out[did] = status
+        return out
+
+    def _remember(self, statuses: dict[str, str], now: float) -> None:
+        if len(self._memo) > 500_000:
+            self._memo.clear()
+        for did, status in statuses.items():
+            self._memo[did] = (status, now)
 
     async def _check(self, did: str) -> str | None:
         async with self._limit:

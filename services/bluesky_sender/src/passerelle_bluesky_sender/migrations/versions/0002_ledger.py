@@ -63,7 +63,6 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.UniqueConstraint("actor", "target", name="uq_bluesky_follow_actor_target"),
     )
-    op.create_index("ix_bluesky_follow_follow_id", "bluesky_follow", ["follow_id"])
     op.create_index("ix_bluesky_follow_person_id", "bluesky_follow", ["person_id"])
     op.create_index("ix_bluesky_follow_work", "bluesky_follow", ["actor", "state", "next_try_at"])
     op.create_index(
