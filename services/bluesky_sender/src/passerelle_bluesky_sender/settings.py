@@ -76,7 +76,7 @@ class Settings(PlatformSettings):
     """Follow requests pulled, recorded (one transaction) and acked together."""
     bluesky_result_publish_concurrency: int = Field(default=1000, ge=1)
     """Results in flight to the stream at once (acks awaited together)."""
-    bluesky_metrics_interval_seconds: float = Field(default=5.0, gt=0)
+    bluesky_metrics_interval_seconds: float = Field(default=15.0, gt=0)
     """How often the backlog and budget gauges are refreshed (real seconds)."""
 
     # --- clock (tests and benchmarks only) ------------------------------------------------

@@ -400,14 +400,24 @@ class Store:
         """Open rows by state (``paused``: of accounts whose link is broken), and accounts."""
         with self.engine.connect() as conn:
             out: dict[str, int] = {"pending": 0, "in_flight": 0, "paused": 0}
-            for state, account_state, n in conn.execute(
-                sa.select(FOLLOW.c.state, ACCOUNT.c.state, sa.func.count())
-                .select_from(FOLLOW.outerjoin(ACCOUNT, ACCOUNT.c.did == FOLLOW.c.actor))
+            for state, n in conn.execute(
+                sa.select(FOLLOW.c.state, sa.func.count())
                 .where(FOLLOW.c.state.in_(OPEN_STATES))
-                .group_by(FOLLOW.c.state, ACCOUNT.c.state)
+                .group_by(FOLLOW.c.state)
             ):
-                key = state if account_state == ACTIVE else "paused"
-                out[key] = out.get(key, 0) + int(n)
+                out[state] = int(n)
+            broken = list(
+                conn.execute(sa.select(ACCOUNT.c.did).where(ACCOUNT.c.state == BROKEN)).scalars()
+            )
+            for chunk in _chunks(broken):
+                out["paused"] += int(
+                    conn.execute(
+                        sa.select(sa.func.count()).where(
+                            FOLLOW.c.actor.in_(chunk), FOLLOW.c.state.in_(OPEN_STATES)
+                        )
+                    ).scalar_one()
+                )
+            out["pending"] = max(0, out["pending"] - out["paused"])
             for state, n in conn.execute(
                 sa.select(ACCOUNT.c.state, sa.func.count()).group_by(ACCOUNT.c.state)
             ):
