@@ -76,11 +76,18 @@ async def run(
     start: float,
     speedup: float,
     guard: float,
+    margin: float,
 ) -> AsyncIterator[Harness]:
+    # guard and margin are simulated seconds: at x300 a call that takes 0.3 s of real
+    # time on a loaded machine reaches the instance 90 s later than decided.
     fleet.reset()
     clock = synchronise(fleet, start, speedup)
     settings = sender_settings(
-        nats_server.url, tmp_path, fleet, mastodon_window_guard_seconds=guard
+        nats_server.url,
+        tmp_path,
+        fleet,
+        mastodon_window_guard_seconds=guard,
+        mastodon_latency_margin_seconds=margin,
     )
     async with start_harness(settings, fleet, clock) as harness:
         yield harness
@@ -91,7 +98,9 @@ async def test_a_stricter_instance_is_learnt_from_its_headers(
 ) -> None:
     fleet = strict_fleet
     start = math.floor(time.time() / 600) * 600 + 5.0
-    async with run(fleet, nats_server, tmp_path, start=start, speedup=100, guard=2.0) as harness:
+    async with run(
+        fleet, nats_server, tmp_path, start=start, speedup=100, guard=2.0, margin=20.0
+    ) as harness:
         alpha, beta = fleet["alpha.test"], fleet["beta.test"]
         alpha.create_account("alice")
         alpha.create_accounts(40, prefix="a")
@@ -119,7 +128,9 @@ async def test_without_headers_our_own_budget_keeps_mastodons_limits(
     fleet = silent_fleet
     day = math.floor(time.time() / DAY) * DAY
     start = day + DAY - 5400  # 22:30: 400 follows today, the rest after midnight
-    async with run(fleet, nats_server, tmp_path, start=start, speedup=300, guard=15) as harness:
+    async with run(
+        fleet, nats_server, tmp_path, start=start, speedup=300, guard=15, margin=120
+    ) as harness:
         alpha = fleet["alpha.test"]
         alpha.create_account("alice")
         alpha.create_accounts(450, prefix="a")
