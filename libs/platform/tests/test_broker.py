@@ -11,7 +11,13 @@ from faststream.nats import NatsBroker, NatsRouter
 from opentelemetry.sdk.trace import TracerProvider
 
 from passerelle_contracts import UserErased
-from passerelle_contracts.streams import DEAD_LETTERS, ERASURES, STREAMS, Consumer
+from passerelle_contracts.streams import (
+    DEAD_LETTERS,
+    DELIVERY_ADVISORIES,
+    ERASURES,
+    STREAMS,
+    Consumer,
+)
 from passerelle_platform.broker import (
     ensure_streams,
     jetstream_subscriber,
@@ -99,4 +105,64 @@ async def test_nack_redelivers_then_poison_goes_to_dead_letters(nats_server: Nat
         assert sample == 1
     finally:
         await stop()
+        await broker.stop()
+
+
+async def test_a_message_exhausted_while_no_watcher_runs_is_parked_later(
+    nats_server: NatsServer,
+) -> None:
+    """The service was away when JetStream gave up: the stored advisory still parks it."""
+    consumer = Consumer(
+        "test-away",
+        ERASURES,
+        "user.erased",
+        "test",
+        ack_wait_seconds=0.5,
+        max_deliver=2,
+        backoff_seconds=(),
+    )
+    metrics = ServiceMetrics("test", "0", "fr")
+    broker = make_broker(nats_server.url, "test", TracerProvider(), metrics)
+    router = NatsRouter()
+    deliveries: list[str] = []
+
+    @jetstream_subscriber(router, consumer)
+    async def handler(event: UserErased) -> None:
+        deliveries.append(event.person_id)
+        raise RuntimeError("cannot handle this one")
+
+    broker.include_router(router)
+    await broker.connect()
+    await ensure_streams(broker)
+    await broker.start()
+    js = broker.connection.jetstream()
+    stop = None
+    try:
+        await publish_event(broker, UserErased(region="fr", person_id="poison"))
+        # No watcher yet: JetStream's advisory is kept in its stream, nothing is parked.
+        for _ in range(200):
+            if (await js.stream_info(DELIVERY_ADVISORIES.name)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info(DELIVERY_ADVISORIES.name)).state.messages == 1
+        assert (await js.stream_info(DEAD_LETTERS.name)).state.messages == 0
+        assert deliveries == ["poison", "poison"]
+
+        stop = await watch_dead_letters(broker, (consumer,), metrics, idle_seconds=0.2)
+        for _ in range(200):
+            if (await js.stream_info(DEAD_LETTERS.name)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        parked = await js.get_last_msg(DEAD_LETTERS.name, "deadletter.ERASURES.test-away")
+        assert UserErased.model_validate_json(parked.data).person_id == "poison"
+        # The advisory was consumed (work queue), so a restart does not park it twice.
+        for _ in range(100):
+            if not (await js.stream_info(DELIVERY_ADVISORIES.name)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info(DELIVERY_ADVISORIES.name)).state.messages == 0
+        assert (await js.stream_info(DEAD_LETTERS.name)).state.messages == 1
+    finally:
+        if stop is not None:
+            await stop()
         await broker.stop()

@@ -66,6 +66,18 @@ DEAD_LETTERS = Stream(
     max_age_seconds=30 * DAY,
 )
 
+#: JetStream's own notices that a message used up its deliveries. Kept in a stream
+#: (not only sent to whoever listens at that moment) so a service that was down or
+#: disconnected when a message ran out of deliveries still parks it afterwards.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+DELIVERY_ADVISORIES = Stream(
+    "DELIVERY_ADVISORIES",
+    (f"{MAX_DELIVERIES_ADVISORY}.>",),
+    "Notices that a message exhausted its deliveries, until its service dead-letters it.",
+    retention="workqueue",
+    max_age_seconds=30 * DAY,
+)
+
 STREAMS: tuple[Stream, ...] = (
     ARCHIVES,
     ACCOUNTS,
@@ -73,6 +85,7 @@ STREAMS: tuple[Stream, ...] = (
     FOLLOW_RESULTS,
     ERASURES,
     DEAD_LETTERS,
+    DELIVERY_ADVISORIES,
 )
 
 #: Object Store bucket holding archive edge payloads (ingest writes, matching reads).
@@ -82,6 +95,11 @@ ARCHIVE_EDGES_BUCKET = "archive-edges"
 def dead_letter_subject(stream: str, consumer: str) -> str:
     """Where a message that exhausted its deliveries on ``consumer`` is parked."""
     return f"deadletter.{stream}.{consumer}"
+
+
+def max_deliveries_subject(stream: str, consumer: str) -> str:
+    """Where JetStream announces that a message on ``consumer`` exhausted its deliveries."""
+    return f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer}"
 
 
 @dataclass(frozen=True)

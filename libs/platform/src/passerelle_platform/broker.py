@@ -25,7 +25,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
 from passerelle_contracts import Event, Stream
-from passerelle_contracts.streams import STREAMS, Consumer, dead_letter_subject
+from passerelle_contracts.streams import (
+    DELIVERY_ADVISORIES,
+    STREAMS,
+    Consumer,
+    dead_letter_subject,
+    max_deliveries_subject,
+)
 from passerelle_platform.logging import get_logger
 from passerelle_platform.metrics import ServiceMetrics
 
@@ -176,63 +182,90 @@ def _stream_name(event: Event) -> str:
 
 
 async def watch_dead_letters(
-    broker: NatsBroker, consumers: tuple[Consumer, ...], metrics: ServiceMetrics
+    broker: NatsBroker,
+    consumers: tuple[Consumer, ...],
+    metrics: ServiceMetrics,
+    *,
+    idle_seconds: float = 5.0,
 ) -> Callable[[], Awaitable[None]]:
     """Copy messages that hit ``max_deliver`` on our consumers to the dead-letter stream.
 
-    JetStream announces them with a MAX_DELIVERIES advisory; the original is
+    JetStream announces them with a MAX_DELIVERIES advisory, which the
+    ``DELIVERY_ADVISORIES`` stream keeps; a durable consumer per watched consumer
+    takes them from there, so an advisory published while this service was down
+    or disconnected is handled when it is back (a plain subscription would miss
+    it, and the message would stay in its stream forever). The original is
     fetched by sequence and republished with its subject and delivery count in
-    headers. Work-queue originals are then deleted so the queue moves on.
-    Returns a function that stops watching.
+    headers (its ``Nats-Msg-Id`` makes a repeat a no-op); work-queue originals
+    are then deleted so the queue moves on. Returns a function that stops watching.
     """
-    nc = broker.connection
-    js = nc.jetstream()
+    js = broker.connection.jetstream()
     by_key = {(c.stream.name, c.durable): c for c in consumers}
 
-    async def on_advisory(msg: Any) -> None:
+    async def park(advisory: dict[str, Any]) -> None:
+        consumer = by_key[(advisory["stream"], advisory["consumer"])]
+        seq = int(advisory["stream_seq"])
         try:
-            advisory = json.loads(msg.data)
-            key = (advisory["stream"], advisory["consumer"])
-            consumer = by_key.get(key)
-            if consumer is None:
-                return
-            original = await js.get_msg(consumer.stream.name, advisory["stream_seq"])
-            headers = {
-                "Passerelle-Original-Subject": original.subject,
-                "Passerelle-Stream-Seq": str(advisory["stream_seq"]),
-                "Passerelle-Deliveries": str(advisory["deliveries"]),
-                "Nats-Msg-Id": f"dlq:{consumer.durable}:{advisory['stream_seq']}",
-            }
-            await js.publish(
-                dead_letter_subject(consumer.stream.name, consumer.durable),
-                original.data or b"",
-                headers=headers,
-            )
-            if consumer.stream.retention == "workqueue":
-                await js.delete_msg(consumer.stream.name, advisory["stream_seq"])
-            metrics.dead_letters.labels(consumer.stream.name, consumer.durable).inc()
-            metrics.messages_handled.labels(consumer.durable, "dead_letter").inc()
-            log.error(
-                "message dead-lettered",
-                stream=consumer.stream.name,
-                consumer=consumer.durable,
-                stream_seq=advisory["stream_seq"],
-                deliveries=advisory["deliveries"],
-            )
-        except Exception:  # an advisory must never take the service down
-            log.exception("dead-letter forwarding failed")
-
-    subscriptions = [
-        await nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{c.stream.name}.{c.durable}",
-            cb=on_advisory,
+            original = await js.get_msg(consumer.stream.name, seq)
+        except nats.js.errors.NotFoundError:
+            return  # already parked and deleted by an earlier attempt
+        headers = {
+            "Passerelle-Original-Subject": original.subject,
+            "Passerelle-Stream-Seq": str(seq),
+            "Passerelle-Deliveries": str(advisory["deliveries"]),
+            "Nats-Msg-Id": f"dlq:{consumer.durable}:{seq}",
+        }
+        await js.publish(
+            dead_letter_subject(consumer.stream.name, consumer.durable),
+            original.data or b"",
+            headers=headers,
         )
-        for c in consumers
-    ]
+        if consumer.stream.retention == "workqueue":
+            await js.delete_msg(consumer.stream.name, seq)
+        metrics.dead_letters.labels(consumer.stream.name, consumer.durable).inc()
+        metrics.messages_handled.labels(consumer.durable, "dead_letter").inc()
+        log.error(
+            "message dead-lettered",
+            stream=consumer.stream.name,
+            consumer=consumer.durable,
+            stream_seq=seq,
+            deliveries=advisory["deliveries"],
+        )
+
+    async def watch(consumer: Consumer) -> None:
+        subscription = None
+        while True:
+            try:
+                if subscription is None:
+                    subscription = await js.pull_subscribe(
+                        max_deliveries_subject(consumer.stream.name, consumer.durable),
+                        durable=f"dead-letters-{consumer.durable}",
+                        stream=DELIVERY_ADVISORIES.name,
+                    )
+                try:
+                    batch = await subscription.fetch(16, timeout=idle_seconds)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in batch:
+                    try:
+                        await park(json.loads(msg.data))
+                    except Exception:  # retried later: the advisory is not acked
+                        log.exception("dead-letter forwarding failed", consumer=consumer.durable)
+                        await msg.nak(delay=idle_seconds)
+                    else:
+                        await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - NATS away: keep watching
+                log.warning("dead-letter watch waiting", error=type(error).__name__)
+                await asyncio.sleep(idle_seconds)
+
+    tasks = [asyncio.create_task(watch(c), name=f"dead-letters-{c.durable}") for c in consumers]
 
     async def stop() -> None:
-        for sub in subscriptions:
-            await sub.unsubscribe()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     return stop
 
