@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,75 @@ def test_postgres_url_is_used_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PASSERELLE_DATABASE_URL", "postgresql://u:p@db/passerelle")
     settings = PlatformSettings()
     assert database_url(settings, "matching") == "postgresql+psycopg://u:p@db/passerelle"
+
+
+def test_sqlite_engine_keeps_its_connections_with_pragmas_set(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'kept.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            first = connection.connection.dbapi_connection
+            pragmas = {
+                name: connection.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+            }
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        with engine.connect() as connection:
+            again = connection.connection.dbapi_connection
+        # The same connection comes back: no open, pragmas and checkpoint per use.
+        assert again is first
+        assert pragmas == {
+            "journal_mode": "wal",
+            "foreign_keys": 1,
+            "busy_timeout": 30_000,
+            "synchronous": 1,  # NORMAL
+        }
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_engine_concurrent_writers_wait_for_each_other(tmp_path: Path) -> None:
+    """Threads writing through their own pooled connections all succeed (busy timeout)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'writers.sqlite3'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
+
+    def write(n: int) -> None:
+        for i in range(50):
+            with engine.begin() as connection:
+                connection.execute(sa.text("INSERT INTO t (n) VALUES (:n)"), {"n": n * 1000 + i})
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(write, range(8)))
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 400
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_foreign_keys_are_enforced(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'fk.sqlite3'}")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            connection.exec_driver_sql(
+                "CREATE TABLE child (id INTEGER PRIMARY KEY, "
+                "parent_id INTEGER NOT NULL REFERENCES parent (id))"
+            )
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO child (parent_id) VALUES (42)")
+    finally:
+        engine.dispose()
+
+
+def test_in_memory_sqlite_is_one_shared_database() -> None:
+    engine = make_engine("sqlite://")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            connection.exec_driver_sql("INSERT INTO t DEFAULT VALUES")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
+    finally:
+        engine.dispose()
