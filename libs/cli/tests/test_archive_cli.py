@@ -1,8 +1,8 @@
 """`passerelle archive …`: every realistic variant and every hostile case through the CLI.
 
-Most runs use typer's CliRunner (fast, same code path); a few run the installed
-`passerelle` console script as a real subprocess to check exit status 2, a
-single stderr line and no traceback.
+Most runs call the command's entry point in this process (fast, same code path,
+output captured by pytest); a few run the installed `passerelle` console script
+as a real subprocess to check exit status 2, a single stderr line and no traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from passerelle_cli.main import app
 from passerelle_xarchive import MESSAGES
@@ -28,7 +28,25 @@ from tests.support.archivegen import (
 )
 
 VARIANTS = hostile_spec_variants()
-runner = CliRunner()
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke(capsys: pytest.CaptureFixture[str], args: list[str]) -> Result:
+    """Run `passerelle ARGS` in this process, as the console script would."""
+    capsys.readouterr()  # drop anything printed before
+    try:
+        code = app(args)
+    except SystemExit as exit_:  # argparse refuses bad usage this way
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
 
 _OPTION = {
     "max_archive_bytes": "--max-archive-bytes",
@@ -69,8 +87,10 @@ def _limit_args(case: HostileCase) -> list[str]:
 
 
 @pytest.mark.parametrize(("name", "spec"), VARIANTS, ids=[n for n, _ in VARIANTS])
-def test_inspect_json(name: str, spec: ArchiveSpec, archives: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["archive", "inspect", str(archives[name]), "--json"])
+def test_inspect_json(
+    name: str, spec: ArchiveSpec, archives: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = invoke(capsys, ["archive", "inspect", str(archives[name]), "--json"])
     assert result.exit_code == 0, result.output
     following, followers = spec.expected()
     assert json.loads(result.stdout) == {
@@ -81,8 +101,10 @@ def test_inspect_json(name: str, spec: ArchiveSpec, archives: dict[str, Path]) -
 
 
 @pytest.mark.parametrize(("name", "spec"), VARIANTS, ids=[n for n, _ in VARIANTS])
-def test_edges_lines(name: str, spec: ArchiveSpec, archives: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["archive", "edges", str(archives[name])])
+def test_edges_lines(
+    name: str, spec: ArchiveSpec, archives: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = invoke(capsys, ["archive", "edges", str(archives[name])])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     following, followers = spec.expected()
@@ -91,8 +113,10 @@ def test_edges_lines(name: str, spec: ArchiveSpec, archives: dict[str, Path]) ->
     assert lines == expected
 
 
-def test_inspect_human_summary(archives: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["archive", "inspect", str(archives["duplicates"])])
+def test_inspect_human_summary(
+    archives: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = invoke(capsys, ["archive", "inspect", str(archives["duplicates"])])
     assert result.exit_code == 0, result.output
     spec = dict(VARIANTS)["duplicates"]
     assert f"@{spec.username}" in result.stdout
@@ -112,10 +136,10 @@ def _hostile_names() -> list[str]:
 @pytest.mark.parametrize("name", _hostile_names())
 @pytest.mark.parametrize("command", ["inspect", "edges"])
 def test_hostile_case_exit_2_one_line(
-    name: str, command: str, corpus: dict[str, HostileCase]
+    name: str, command: str, corpus: dict[str, HostileCase], capsys: pytest.CaptureFixture[str]
 ) -> None:
     case = corpus[name]
-    result = runner.invoke(app, ["archive", command, str(case.path), *_limit_args(case)])
+    result = invoke(capsys, ["archive", command, str(case.path), *_limit_args(case)])
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -130,9 +154,9 @@ def _matches(template: str, line: str) -> bool:
     return re.fullmatch(pattern, line) is not None
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    assert runner.invoke(app, ["archive", "inspect"]).exit_code == 2
-    result = runner.invoke(app, ["archive", "inspect", str(tmp_path / "missing.zip")])
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert invoke(capsys, ["archive", "inspect"]).exit_code == 2
+    result = invoke(capsys, ["archive", "inspect", str(tmp_path / "missing.zip")])
     assert result.exit_code == 2
     assert result.stderr.strip() == MESSAGES["unreadable"]
 
@@ -214,3 +238,28 @@ def test_subprocess_edges_into_a_closed_pipe(tmp_path: Path) -> None:
     assert first.startswith(b"following\t")
     assert b"Traceback" not in err
     assert proc.returncode == 1  # stopped early: the output is incomplete
+
+
+def test_groups_without_a_command_show_their_help(capsys: pytest.CaptureFixture[str]) -> None:
+    top = invoke(capsys, [])
+    assert top.exit_code == 2
+    assert "archive" in top.stdout
+    assert "deadletters" in top.stdout
+    group = invoke(capsys, ["archive"])
+    assert group.exit_code == 2
+    assert "inspect" in group.stdout
+    assert "edges" in group.stdout
+
+
+def test_start_up_imports_nothing_heavy() -> None:
+    """The command tree loads with the standard library only: the reader (numpy), rich,
+    nats and pydantic are imported when a command that needs them runs."""
+    probe = (
+        "import sys, passerelle_cli.main as m; m.build_parser(); "
+        "print(sorted(n for n in ('numpy', 'rich', 'nats', 'pydantic', 'typer', 'click', "
+        "'passerelle_xarchive') if n in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

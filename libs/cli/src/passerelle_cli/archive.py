@@ -2,128 +2,160 @@
 
 Nothing is sent anywhere. A refused archive exits with status 2 and prints one
 line on stderr: the same English message the web page shows.
+
+Only the standard library is imported at module level: the reader (and numpy)
+are imported when a command runs, so `passerelle --help` and the other
+commands stay fast.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO
 
-import typer
-
-if TYPE_CHECKING:  # imported lazily: keep `passerelle --help` and other commands fast
+if TYPE_CHECKING:
     from passerelle_xarchive import ArchiveContents, ArchiveError, EdgeSet
 
 EXIT_BAD_ARCHIVE = 2
+EXIT_OUTPUT_CLOSED = 1
 
-archive_app = typer.Typer(
-    name="archive",
-    help="Look inside an X data archive (.zip), locally: nothing is uploaded.",
-    no_args_is_help=True,
-)
+# option name -> ArchiveLimits field
+_LIMIT_OPTIONS = {
+    "max_archive_bytes": "max_archive_bytes",
+    "max_inflated_bytes": "max_inflated_bytes",
+    "max_ratio": "max_compression_ratio",
+    "max_members": "max_members",
+    "max_edges": "max_edges",
+}
 
-PathArgument = Annotated[
-    Path,
-    typer.Argument(
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `archive inspect` and `archive edges` to the command tree."""
+    about = "Look inside an X data archive (.zip), locally: nothing is uploaded."
+    group = commands.add_parser("archive", help=about, description=about)
+    group.set_defaults(help_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="Show whose archive it is and how many accounts it follows and is followed by.",
+        description="Show whose archive PATH is and how many accounts it follows and is "
+        "followed by (after removing duplicates).",
+    )
+    _add_path(inspect)
+    inspect.add_argument(
+        "--json", dest="as_json", action="store_true", help="Print one JSON object instead."
+    )
+    _add_limits(inspect)
+    inspect.set_defaults(handler=run_inspect)
+
+    edges = sub.add_parser(
+        "edges",
+        help="Print every follow edge, one per line.",
+        description="Print every follow edge of PATH, one per line: `following<TAB>id` "
+        "then `follower<TAB>id`. Ids are in ascending order within each kind, "
+        "duplicates removed.",
+    )
+    _add_path(edges)
+    _add_limits(edges)
+    edges.set_defaults(handler=run_edges)
+
+
+def _add_path(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        type=Path,
+        metavar="PATH",
         help="The archive .zip X sent you (Settings → Your account → Download an archive "
         "of your data).",
-        show_default=False,
-        metavar="PATH",
-    ),
-]
+    )
 
 
-def _refuse(error: ArchiveError) -> NoReturn:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    limits = parser.add_argument_group("limits (default: the service's defaults)")
+    limits.add_argument(
+        "--max-archive-bytes", type=_positive_int, metavar="N", help="Largest zip accepted."
+    )
+    limits.add_argument(
+        "--max-inflated-bytes",
+        type=_positive_int,
+        metavar="N",
+        help="Most bytes the needed files may inflate to.",
+    )
+    limits.add_argument(
+        "--max-ratio", type=_ratio, metavar="R", help="Highest compression ratio per file."
+    )
+    limits.add_argument(
+        "--max-members", type=_positive_int, metavar="N", help="Most entries in the zip."
+    )
+    limits.add_argument(
+        "--max-edges", type=_positive_int, metavar="N", help="Most follow entries (both lists)."
+    )
+
+
+def _refuse(error: ArchiveError) -> int:
     """One line on stderr, exit status 2, no traceback."""
     sys.stderr.write(error.message.replace("\n", " ") + "\n")
     sys.stderr.flush()
-    raise typer.Exit(EXIT_BAD_ARCHIVE)
+    return EXIT_BAD_ARCHIVE
 
 
-_LIMITS = "Limits (default: the service's defaults)"
-MaxArchiveBytes = Annotated[
-    int | None,
-    typer.Option(help="Largest zip accepted, in bytes.", rich_help_panel=_LIMITS, min=1),
-]
-MaxInflatedBytes = Annotated[
-    int | None,
-    typer.Option(
-        help="Most bytes the needed files may inflate to.", rich_help_panel=_LIMITS, min=1
-    ),
-]
-MaxRatio = Annotated[
-    float | None,
-    typer.Option(help="Highest compression ratio per file.", rich_help_panel=_LIMITS, min=1),
-]
-MaxMembers = Annotated[
-    int | None,
-    typer.Option(help="Most entries in the zip.", rich_help_panel=_LIMITS, min=1),
-]
-MaxEdges = Annotated[
-    int | None,
-    typer.Option(help="Most follow entries (both lists).", rich_help_panel=_LIMITS, min=1),
-]
-
-
-def _read(
-    path: Path,
-    *,
-    max_archive_bytes: int | None = None,
-    max_inflated_bytes: int | None = None,
-    max_ratio: float | None = None,
-    max_members: int | None = None,
-    max_edges: int | None = None,
-) -> ArchiveContents:
+def _read(args: argparse.Namespace) -> ArchiveContents:
     """Read the archive with the default limits, overridden by the options given."""
-    from passerelle_xarchive import ArchiveError, ArchiveLimits, read_archive
+    from passerelle_xarchive import ArchiveLimits, read_archive
 
     chosen = {
-        "max_archive_bytes": max_archive_bytes,
-        "max_inflated_bytes": max_inflated_bytes,
-        "max_compression_ratio": max_ratio,
-        "max_members": max_members,
-        "max_edges": max_edges,
+        field: getattr(args, option)
+        for option, field in _LIMIT_OPTIONS.items()
+        if getattr(args, option) is not None
     }
-    limits = ArchiveLimits(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
+    return read_archive(args.path, limits=ArchiveLimits(**chosen))
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """`passerelle archive inspect`."""
+    from passerelle_xarchive import ArchiveError
+
     try:
-        return read_archive(path, limits=limits)
+        contents = _read(args)
     except ArchiveError as error:
-        _refuse(error)
-
-
-@archive_app.command("inspect")
-def inspect(
-    path: PathArgument,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of a summary.")
-    ] = False,
-    max_archive_bytes: MaxArchiveBytes = None,
-    max_inflated_bytes: MaxInflatedBytes = None,
-    max_ratio: MaxRatio = None,
-    max_members: MaxMembers = None,
-    max_edges: MaxEdges = None,
-) -> None:
-    """Show whose archive PATH is and how many accounts it follows and is followed by."""
-    with _read(
-        path,
-        max_archive_bytes=max_archive_bytes,
-        max_inflated_bytes=max_inflated_bytes,
-        max_ratio=max_ratio,
-        max_members=max_members,
-        max_edges=max_edges,
-    ) as contents:
-        if as_json:
+        return _refuse(error)
+    with contents:
+        if args.as_json:
             summary = {
                 "account": {"id": str(contents.account.id), "username": contents.account.username},
                 "following": len(contents.following),
                 "followers": len(contents.followers),
             }
             sys.stdout.write(json.dumps(summary) + "\n")
-            return
-        _print_summary(path, contents)
+            sys.stdout.flush()
+        else:
+            _print_summary(args.path, contents)
+    return 0
 
 
 def _print_summary(path: Path, contents: ArchiveContents) -> None:
@@ -161,27 +193,15 @@ def _write_edges(kind: str, edges: EdgeSet, out: BinaryIO) -> None:
         out.write(text.encode("ascii"))
 
 
-@archive_app.command("edges")
-def edges(
-    path: PathArgument,
-    max_archive_bytes: MaxArchiveBytes = None,
-    max_inflated_bytes: MaxInflatedBytes = None,
-    max_ratio: MaxRatio = None,
-    max_members: MaxMembers = None,
-    max_edges: MaxEdges = None,
-) -> None:
-    """Print every follow edge of PATH, one per line: `following<TAB>id`, `follower<TAB>id`.
+def run_edges(args: argparse.Namespace) -> int:
+    """`passerelle archive edges`."""
+    from passerelle_xarchive import ArchiveError
 
-    Ids are in ascending order within each kind, duplicates removed.
-    """
-    with _read(
-        path,
-        max_archive_bytes=max_archive_bytes,
-        max_inflated_bytes=max_inflated_bytes,
-        max_ratio=max_ratio,
-        max_members=max_members,
-        max_edges=max_edges,
-    ) as contents:
+    try:
+        contents = _read(args)
+    except ArchiveError as error:
+        return _refuse(error)
+    with contents:
         out = sys.stdout.buffer
         try:
             _write_edges("following", contents.following, out)
@@ -191,4 +211,5 @@ def edges(
             # the reader went away (e.g. `| head`): stop quietly, like other Unix tools
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(1) from None
+            return EXIT_OUTPUT_CLOSED
+    return 0

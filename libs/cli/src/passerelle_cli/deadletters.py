@@ -6,21 +6,18 @@ subjects, sizes and delivery counts — never message bodies, which may name peo
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass
-from typing import Annotated
-
-import typer
 
 # nats, rich and the contracts are imported inside the commands: every `passerelle`
 # invocation (archive inspection too) would otherwise pay for them at start-up.
 DEAD_LETTERS_STREAM = "DEAD_LETTERS"
-
-deadletters_app = typer.Typer(help="Messages consumers gave up on (the DEAD_LETTERS stream).")
-NatsOption = Annotated[
-    str, typer.Option("--nats", envvar="PASSERELLE_NATS_URL", help="NATS server URL.")
-]
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+EXIT_ABORTED = 1
 
 
 @dataclass(frozen=True)
@@ -94,50 +91,98 @@ async def _replay(url: str, seqs: list[int]) -> int:
         await nc.close()
 
 
-@deadletters_app.command("list")
-def list_(
-    nats_url: NatsOption = "nats://127.0.0.1:4222",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
-) -> None:
-    """List parked messages (subject, deliveries, size)."""
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `deadletters list`, `replay` and `purge` to the command tree."""
+    about = "Messages consumers gave up on (the DEAD_LETTERS stream)."
+    group = commands.add_parser("deadletters", help=about, description=about)
+    group.set_defaults(help_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    list_ = sub.add_parser(
+        "list",
+        help="List parked messages (subject, deliveries, size).",
+        description="List parked messages (subject, deliveries, size).",
+    )
+    _add_nats(list_)
+    list_.add_argument("--json", dest="as_json", action="store_true", help="One JSON array.")
+    list_.set_defaults(handler=run_list)
+
+    replay = sub.add_parser(
+        "replay",
+        help="Send parked messages back to their consumers (after fixing the cause).",
+        description="Send parked messages back to their consumers (after fixing the cause).",
+    )
+    replay.add_argument(
+        "seqs", type=int, nargs="*", metavar="SEQ", help="Sequences; none means all."
+    )
+    _add_nats(replay)
+    replay.set_defaults(handler=run_replay)
+
+    purge = sub.add_parser(
+        "purge", help="Delete every parked message.", description="Delete every parked message."
+    )
+    _add_nats(purge)
+    purge.add_argument("--yes", action="store_true", help="Do not ask.")
+    purge.set_defaults(handler=run_purge)
+
+
+def _add_nats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats",
+        dest="nats_url",
+        default=os.environ.get("PASSERELLE_NATS_URL", DEFAULT_NATS_URL),
+        metavar="URL",
+        help="NATS server URL (default: $PASSERELLE_NATS_URL or %(default)s).",
+    )
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """`passerelle deadletters list`."""
+    letters = asyncio.run(_list(args.nats_url))
+    if args.as_json:
+        _say(json.dumps([asdict(d) for d in letters]))
+        return 0
     from rich.console import Console
     from rich.table import Table
 
-    letters = asyncio.run(_list(nats_url))
-    if as_json:
-        typer.echo(json.dumps([asdict(d) for d in letters]))
-        return
     table = Table("seq", "parked as", "original subject", "deliveries", "bytes")
     for d in letters:
         table.add_row(str(d.seq), d.subject, d.original_subject, str(d.deliveries), str(d.size))
-    Console().print(table)
-    Console().print(f"{len(letters)} dead letter(s)")
+    console = Console()
+    console.print(table)
+    console.print(f"{len(letters)} dead letter(s)")
+    return 0
 
 
-@deadletters_app.command()
-def replay(
-    seqs: Annotated[list[int] | None, typer.Argument(help="Sequences; none means all.")] = None,
-    nats_url: NatsOption = "nats://127.0.0.1:4222",
-) -> None:
-    """Send parked messages back to their consumers (after fixing the cause)."""
-    chosen = seqs or [d.seq for d in asyncio.run(_list(nats_url))]
-    done = asyncio.run(_replay(nats_url, chosen))
-    typer.echo(f"replayed {done} message(s)")
+def run_replay(args: argparse.Namespace) -> int:
+    """`passerelle deadletters replay`."""
+    url: str = args.nats_url
+    chosen: list[int] = args.seqs or [d.seq for d in asyncio.run(_list(url))]
+    done = asyncio.run(_replay(url, chosen))
+    _say(f"replayed {done} message(s)")
+    return 0
 
 
-@deadletters_app.command()
-def purge(
-    nats_url: NatsOption = "nats://127.0.0.1:4222",
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
-) -> None:
-    """Delete every parked message."""
-    if not yes:
-        typer.confirm("Delete every dead letter?", abort=True)
+def run_purge(args: argparse.Namespace) -> int:
+    """`passerelle deadletters purge`."""
+    url: str = args.nats_url
+    if not args.yes:
+        try:
+            answer = input("Delete every dead letter? [y/N]: ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            sys.stderr.write("Aborted!\n")
+            return EXIT_ABORTED
 
     async def run() -> int:
         import nats
 
-        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=1)
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
             before = (await js.stream_info(DEAD_LETTERS_STREAM)).state.messages
@@ -146,4 +191,5 @@ def purge(
         finally:
             await nc.close()
 
-    typer.echo(f"purged {asyncio.run(run())} message(s)")
+    _say(f"purged {asyncio.run(run())} message(s)")
+    return 0
