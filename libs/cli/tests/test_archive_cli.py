@@ -257,7 +257,7 @@ def test_start_up_imports_nothing_heavy() -> None:
     probe = (
         "import sys, passerelle_cli.main as m; m.build_parser(); "
         "print(sorted(n for n in ('numpy', 'rich', 'nats', 'pydantic', 'typer', 'click', "
-        "'passerelle_xarchive') if n in sys.modules))"
+        "'passerelle_xarchive', 'asyncio') if n in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60

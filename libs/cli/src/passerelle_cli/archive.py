@@ -124,8 +124,33 @@ def _refuse(error: ArchiveError) -> int:
     return EXIT_BAD_ARCHIVE
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep and reuse freed memory for the rest of this process.
+
+    Inflating hands over a fresh multi-MiB buffer per piece (from the helper thread's
+    arena), and by default glibc gives each one back to the kernel when freed, so the
+    next one page-faults all over again: about 50,000 faults and 0.1 s of system CPU
+    for a million-follower archive, against 15,000 with these settings, for ~8 MB
+    more peak RSS. A short-lived command can afford to keep that memory. No-op where
+    ``mallopt`` does not exist (musl, macOS).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
+    mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest dynamic value
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
 def _read(args: argparse.Namespace) -> ArchiveContents:
     """Read the archive with the default limits, overridden by the options given."""
+    _keep_freed_memory()
     from passerelle_xarchive import ArchiveLimits, read_archive
 
     chosen = {

@@ -7,14 +7,13 @@ subjects, sizes and delivery counts — never message bodies, which may name peo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass
 
-# nats, rich and the contracts are imported inside the commands: every `passerelle`
-# invocation (archive inspection too) would otherwise pay for them at start-up.
+# asyncio, nats, rich and the contracts are imported inside the commands: every
+# `passerelle` invocation (archive inspection too) would otherwise pay for them at start-up.
 DEAD_LETTERS_STREAM = "DEAD_LETTERS"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 EXIT_ABORTED = 1
@@ -142,6 +141,8 @@ def _say(line: str) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """`passerelle deadletters list`."""
+    import asyncio
+
     letters = asyncio.run(_list(args.nats_url))
     if args.as_json:
         _say(json.dumps([asdict(d) for d in letters]))
@@ -160,6 +161,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     """`passerelle deadletters replay`."""
+    import asyncio
+
     url: str = args.nats_url
     chosen: list[int] = args.seqs or [d.seq for d in asyncio.run(_list(url))]
     done = asyncio.run(_replay(url, chosen))
@@ -169,6 +172,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     """`passerelle deadletters purge`."""
+    import asyncio
+
     url: str = args.nats_url
     if not args.yes:
         try:
