@@ -113,7 +113,9 @@ async def test_metrics_and_spans(
         await asyncio.sleep(0.1)
         text = await scrape()
     assert counters_ready(text), text[-3000:]
-    failed = 'passerelle_follows_total{network="mastodon",outcome="failed",reason="target_not_found"}'
+    failed = (
+        'passerelle_follows_total{network="mastodon",outcome="failed",reason="target_not_found"}'
+    )
     assert metric(text, failed) == 1
     assert metric(text, 'passerelle_mastodon_calls_total{operation="follow",result="ok"}') == 2
     assert metric(text, 'passerelle_mastodon_calls_total{operation="search",result="ok"}') >= 3
@@ -125,7 +127,8 @@ async def test_metrics_and_spans(
         ), needle
 
     sender_process.stop()  # flushes the spans still buffered
-    recorded = [json.loads(line) for line in spans_file.read_text().splitlines() if line.strip()]
+    everything = await asyncio.to_thread(spans_file.read_text)
+    recorded = [json.loads(line) for line in everything.splitlines() if line.strip()]
     by_name: dict[str, list[dict[str, object]]] = {}
     for span in recorded:
         by_name.setdefault(str(span.get("name")), []).append(span)
@@ -148,7 +151,6 @@ async def test_metrics_and_spans(
         assert attributes.get("http.response.status_code") == 200
     token = alpha.tokens()[0]["token"]
     secret = alpha.apps()[0]["client_secret"]
-    everything = spans_file.read_text()
     assert token not in everything
     assert secret not in everything
     for span in recorded:
