@@ -61,6 +61,21 @@ def test_spilled_merge_of_many_runs(tmp_path: Path) -> None:
         assert np.array_equal(edges.to_array(), expected)
 
 
+@pytest.mark.parametrize("cap", [40_000, 1 << 20])
+def test_large_chunks_sorted_in_the_background(cap: int, tmp_path: Path) -> None:
+    """Chunks big enough to be sorted in helper threads, with buffer growth and spills."""
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 2**64 - 1, size=300_000, dtype=np.uint64, endpoint=True)
+    ids = np.concatenate([ids, ids[:60_000]])
+    rng.shuffle(ids)
+    builder = EdgeSetBuilder(cap, tmp_path)
+    for part in np.array_split(ids, 12):  # 30,000 ids each
+        builder.add(part)
+    with builder.finish() as edges:
+        assert edges.spilled == (cap < ids.size)
+        assert np.array_equal(edges.to_array(), np.unique(ids))
+
+
 def test_builder_close_without_finish_releases_the_file(tmp_path: Path) -> None:
     builder = EdgeSetBuilder(1024, tmp_path)
     builder.add(np.arange(10_000, dtype=np.uint64))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from types import TracebackType
 from typing import BinaryIO, Final
@@ -29,6 +30,8 @@ from passerelle_xarchive.payload import (
 U64 = NDArray[np.uint64]
 _MAX_U64: Final = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _EMPTY: Final[U64] = np.zeros(0, dtype=np.uint64)
+_BACKGROUND_SORT_MIN: Final = 8192  # smaller runs are sorted at once: a thread costs more
+_BACKGROUND_SORTS: Final = 2  # runs being sorted at a time
 
 
 def _sorted_unique(ids: U64) -> U64:
@@ -230,6 +233,7 @@ class EdgeSetBuilder:
         self._spill: BinaryIO | None = None
         self._spill_end = 0
         self._runs: list[_Region] = []
+        self._sorting: list[threading.Thread] = []
         self._done = False
 
     @property
@@ -248,6 +252,7 @@ class EdgeSetBuilder:
                 self._buf = np.empty(self._initial_capacity(total - pos), dtype=np.uint64)
             space = self._buf.size - self._fill
             if space == 0:
+                self._wait_for_sorts()
                 if self._buf.size < self._cap:
                     grown = np.empty(min(self._cap, self._buf.size * 2), dtype=np.uint64)
                     grown[: self._fill] = self._buf[: self._fill]
@@ -258,15 +263,38 @@ class EdgeSetBuilder:
             take = min(space, total - pos)
             run = self._buf[self._fill : self._fill + take]
             run[:] = ids[pos : pos + take]
-            run.sort()  # a sorted run: see _sorted_unique
+            self._sort_run(run)
             self._fill += take
             pos += take
+
+    def _sort_run(self, run: U64) -> None:
+        """Sort ``run`` in place (see :func:`_sorted_unique`), in a short-lived thread if large.
+
+        numpy's sort releases the GIL, so while the reader parses the next piece a
+        run is sorted on the core the inflating thread leaves idle. Runs are disjoint
+        views of the buffer; every sort is waited for before the buffer is grown,
+        spilled, merged or dropped.
+        """
+        if run.size < _BACKGROUND_SORT_MIN:
+            run.sort()
+            return
+        if len(self._sorting) >= _BACKGROUND_SORTS:
+            self._sorting.pop(0).join()
+        sorter = threading.Thread(target=run.sort, name="xarchive-sort", daemon=True)
+        sorter.start()
+        self._sorting.append(sorter)
+
+    def _wait_for_sorts(self) -> None:
+        for sorter in self._sorting:
+            sorter.join()
+        self._sorting.clear()
 
     def _initial_capacity(self, hint: int) -> int:
         return min(self._cap, max(4096, hint))
 
     def _spill_buffer(self) -> None:
         assert self._buf is not None
+        self._wait_for_sorts()
         run = _sorted_unique(self._buf[: self._fill])
         self._fill = 0
         if self._spill is None:
@@ -289,6 +317,7 @@ class EdgeSetBuilder:
             raise ValueError("EdgeSetBuilder is finished")
         self._done = True
         try:
+            self._wait_for_sorts()
             if self._spill is None:
                 ids = _EMPTY if self._buf is None else self._buf[: self._fill]
                 result = _sorted_unique(ids)
@@ -370,6 +399,7 @@ class EdgeSetBuilder:
     def close(self) -> None:
         """Drop buffers and remove the temp file (safe to call at any time)."""
         self._done = True
+        self._wait_for_sorts()
         self._buf = None
         if self._spill is not None:
             self._spill.close()
