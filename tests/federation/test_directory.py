@@ -15,7 +15,12 @@ import sys
 import pytest
 from nats.aio.msg import Msg
 
-from passerelle_contracts import DirectoryEntry, DirectoryTombstone
+from passerelle_contracts import DirectoryAccount, DirectoryEntry, DirectoryTombstone
+from passerelle_contracts.directory import (
+    DirectoryDecodeError,
+    decode_directory_message,
+    encode_directory_message,
+)
 from passerelle_contracts.streams import STREAMS
 from passerelle_platform.federation import parse_directory_message
 from tests.federation.conftest import Links
@@ -39,7 +44,7 @@ async def test_an_entry_published_in_one_region_reaches_the_other_through_the_hu
     assert fr_seen.messages == [], "a region does not receive its own entries back"
     async with connect(federation.hub_admin_url) as hub:
         stored = await hub.jetstream().get_last_msg("DIRECTORY", alice.directory_subject())
-    assert DirectoryEntry.model_validate_json(stored.data) == alice
+    assert decode_directory_message("fr", alice.key, stored.data) == alice
     assert stored.headers["Nats-Stream-Source"].startswith("DIRECTORY_FR:")
 
 
@@ -64,7 +69,7 @@ async def test_a_tombstone_supersedes_the_entry_in_every_region(
             js = nc.jetstream()
             info = await js.stream_info(stream)
             last = await js.get_last_msg(stream, bob.directory_subject())
-        assert json.loads(last.data)["type"] == "directory.tombstone", stream
+        assert json.loads(last.data)["gone"] == "erased", stream
         if stream != "DIRECTORY":  # the hub's eraser is not running in this test
             assert info.state.messages == 1, f"{stream} still holds bob's entry"
 
@@ -207,7 +212,7 @@ async def test_a_region_cannot_forge_another_regions_entries_even_with_its_own_r
         js = es.jetstream()
         assert (await js.stream_info("DIRECTORY_ES")).state.messages == 2  # eve and zoe
         last_eve = await js.get_last_msg("DIRECTORY_ES", victim.directory_subject())
-    assert json.loads(last_eve.data)["type"] == "directory.entry"
+    assert "x" in json.loads(last_eve.data), "eve's entry, not a tombstone"
 
 
 async def test_a_region_that_leaves_withdraws_its_people_everywhere(
@@ -237,3 +242,46 @@ async def test_a_region_that_leaves_withdraws_its_people_everywhere(
         lambda: all(isinstance(m, DirectoryTombstone) for m in es_seen.latest().values()),
         what="every fr person withdrawn in es",
     )
+
+
+def test_the_wire_form_is_compact_and_says_the_same() -> None:
+    anna = DirectoryEntry(
+        region="fr",
+        key=entry("fr", "anna", "1").key,
+        x_account_id="18446744073709551615",
+        trust="claimed",
+        accounts=(
+            DirectoryAccount(
+                network="bluesky", account="did:plc:abcdefghijklmnopqrstuvwx", handle="anna.test"
+            ),
+            DirectoryAccount(
+                network="mastodon", account="anna@mastodon.example", handle="anna@mastodon.example"
+            ),
+        ),
+    )
+    wire = encode_directory_message(anna)
+    # No region, key, type or field names spelt out; the Mastodon handle is the acct.
+    assert json.loads(wire)["a"] == [
+        ["b", "did:plc:abcdefghijklmnopqrstuvwx", "anna.test"],
+        ["m", "anna@mastodon.example"],
+    ]
+    assert len(wire) < len(anna.model_dump_json()) / 2
+    assert decode_directory_message("fr", anna.key, wire) == anna
+    gone = tombstone("fr", "anna")
+    assert encode_directory_message(gone) == (
+        b'{"at":%d,"gone":"erased"}' % json.loads(encode_directory_message(gone))["at"]
+    )
+    assert decode_directory_message("fr", gone.key, encode_directory_message(gone)) == gone
+    # The full form of the models is read too, and must agree with the subject.
+    assert decode_directory_message("fr", anna.key, anna.model_dump_json().encode()) == anna
+    with pytest.raises(DirectoryDecodeError, match="payload is for fr"):
+        decode_directory_message("es", anna.key, anna.model_dump_json().encode())
+    for bad in (
+        b'{"at":1,"gone":"erased","x":"1"}',
+        b'{"at":"1","gone":"erased"}',
+        b'{"at":1,"x":"1","t":"v","a":[]}',
+        b'{"at":1,"x":"1","t":"v","a":[["x","did:plc:a"]]}',
+        b"[]",
+    ):
+        with pytest.raises(DirectoryDecodeError):
+            decode_directory_message("fr", anna.key, bad)

@@ -18,14 +18,32 @@ permissions and mirroring are in ``deploy/nats/`` and ``docs/federation.md``):
 
 These streams live in the FEDERATION account, not with the services' streams
 (:data:`passerelle_contracts.streams.STREAMS`), so no service creates them.
+
+**On the wire** every copy of a message crosses the hub once per region, so it
+is written compactly (:func:`encode_directory_message`): the region and the key
+are the subject's tokens and are not repeated, the time is an integer of
+microseconds, and short keys name the fields (an entry, then a tombstone)::
+
+    {"at":1764072000000000,"x":"1234","t":"v",
+     "a":[["b","did:plc:…","ann.bsky.social"],["m","ann@mastodon.example"]]}
+    {"at":1764072000000000,"gone":"erased"}
+
+``t``: trust (``v`` verified, ``c`` claimed, ``d`` disputed); ``a``: the accounts,
+``[network, account, handle]`` with ``b`` Bluesky and ``m`` Mastodon, the handle
+left out when it is the account itself (a Mastodon acct). A future version adds
+``"v": 2``; no ``v`` is version 1. :func:`decode_directory_message` reads this
+form, and also the full JSON of the models (``model_dump_json``), whose region
+and key must then agree with the subject.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from passerelle_contracts.base import (
     REGION_PATTERN,
@@ -124,6 +142,100 @@ DirectoryMessage = Annotated[DirectoryEntry | DirectoryTombstone, Field(discrimi
 """Either message, told apart by ``type`` (``TypeAdapter(DirectoryMessage)`` parses one)."""
 
 FEDERATION_EVENTS: tuple[type[Event], ...] = (DirectoryEntry, DirectoryTombstone)
+
+# --- the wire form ---------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TRUST_CODES: dict[TrustLevel, str] = {"verified": "v", "claimed": "c", "disputed": "d"}
+_TRUST_NAMES = {code: name for name, code in _TRUST_CODES.items()}
+_NETWORK_CODES: dict[Network, str] = {"bluesky": "b", "mastodon": "m"}
+_NETWORK_NAMES = {code: name for name, code in _NETWORK_CODES.items()}
+_ACCOUNT = Annotated[str, Field(min_length=3, max_length=512)]
+_HANDLE = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class _WireEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    at: int = Field(ge=0)
+    x: str = Field(pattern=X_ID_PATTERN)
+    t: Literal["v", "c", "d"]
+    a: list[tuple[Literal["b", "m"], _ACCOUNT] | tuple[Literal["b", "m"], _ACCOUNT, _HANDLE]] = (
+        Field(min_length=1, max_length=2)
+    )
+
+
+class _WireTombstone(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    at: int = Field(ge=0)
+    gone: Literal["erased", "withdrawn"]
+
+
+_WIRE: TypeAdapter[_WireEntry | _WireTombstone] = TypeAdapter(_WireEntry | _WireTombstone)
+_FULL: TypeAdapter[DirectoryMessage] = TypeAdapter(DirectoryMessage)
+
+
+class DirectoryDecodeError(ValueError):
+    """Bytes that are not a directory message for the subject they came on."""
+
+
+def _microseconds(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def encode_directory_message(message: DirectoryEntry | DirectoryTombstone) -> bytes:
+    """The compact wire form of ``message`` (its region and key travel in the subject)."""
+    body: dict[str, object] = {"at": _microseconds(message.sent_at)}
+    if isinstance(message, DirectoryEntry):
+        body["x"] = message.x_account_id
+        body["t"] = _TRUST_CODES[message.trust]
+        body["a"] = [
+            [_NETWORK_CODES[a.network], a.account] + ([] if a.handle == a.account else [a.handle])
+            for a in message.accounts
+        ]
+    else:
+        body["gone"] = message.reason
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_directory_message(region: str, key: str, data: bytes) -> DirectoryMessage:
+    """The message stored on ``directory.<region>.<key>``, from either form.
+
+    Raises :class:`DirectoryDecodeError` if the bytes are not a directory message,
+    or (full form) name another region or key than the subject.
+    """
+    try:
+        if b'"type"' in data:
+            full = _FULL.validate_json(data)
+            if full.region != region or full.key != key:
+                raise DirectoryDecodeError(f"payload is for {full.region}/{full.key}")
+            return full
+        wire = _WIRE.validate_json(data)
+        sent_at = _EPOCH + wire.at * _MICROSECOND
+        if isinstance(wire, _WireTombstone):
+            return DirectoryTombstone(region=region, key=key, sent_at=sent_at, reason=wire.gone)
+        return DirectoryEntry(
+            region=region,
+            key=key,
+            sent_at=sent_at,
+            x_account_id=wire.x,
+            trust=_TRUST_NAMES[wire.t],
+            accounts=tuple(
+                DirectoryAccount(
+                    network=_NETWORK_NAMES[item[0]],
+                    account=item[1],
+                    handle=item[2] if len(item) == 3 else item[1],
+                )
+                for item in wire.a
+            ),
+        )
+    except ValidationError as error:
+        raise DirectoryDecodeError("not a directory message") from error
+
 
 #: JetStream domain of the hub; each region's domain is its region tag.
 HUB_DOMAIN = "hub"

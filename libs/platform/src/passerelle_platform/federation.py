@@ -53,16 +53,18 @@ from nats.js.api import (
     StreamConfig,
     StreamSource,
 )
-from pydantic import TypeAdapter, ValidationError
 
 from passerelle_contracts.directory import (
     DIRECTORY_MIRROR,
     GLOBAL_DIRECTORY,
     HUB_DOMAIN,
+    DirectoryDecodeError,
     DirectoryEntry,
     DirectoryMessage,
     DirectoryTombstone,
+    decode_directory_message,
     directory_subject,
+    encode_directory_message,
     region_directory_subjects,
     regional_directory_stream,
 )
@@ -73,8 +75,6 @@ log = get_logger(__name__)
 
 #: The header the hub sets on every sourced message: "<source stream>:<hash> <seq> ...".
 SOURCE_HEADER = "Nats-Stream-Source"
-
-_MESSAGE: TypeAdapter[DirectoryMessage] = TypeAdapter(DirectoryMessage)
 
 
 def source_deliver_prefix(region: str) -> str:
@@ -179,11 +179,9 @@ def parse_directory_message(
         raise ForgedMessageError(f"not a directory subject: {subject!r}")
     region, key = tokens[1], tokens[2]
     try:
-        message = _MESSAGE.validate_json(data)
-    except ValidationError as error:
-        raise ForgedMessageError(f"{subject}: not a directory message") from error
-    if message.region != region or message.key != key:
-        raise ForgedMessageError(f"{subject}: payload is for {message.region}/{message.key}")
+        message = decode_directory_message(region, key, data)
+    except DirectoryDecodeError as error:
+        raise ForgedMessageError(f"{subject}: {error}") from error
     if via_hub:
         source = (headers or {}).get(SOURCE_HEADER, "")
         stream = source.split(" ", 1)[0].split(":", 1)[0]
@@ -316,10 +314,14 @@ class FederationLink:
         assert self._nc is not None
         js = self._nc.jetstream()
         subject = message.directory_subject()
-        headers = {"Nats-Msg-Id": message.dedupe_id()}
-        if expected_last_seq is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
-        payload = message.model_dump_json().encode()
+        # Every header crosses the hub with each copy: a conditional publication
+        # needs no Nats-Msg-Id (a retried one that was stored fails the condition).
+        headers = (
+            {"Nats-Expected-Last-Subject-Sequence": str(expected_last_seq)}
+            if expected_last_seq is not None
+            else {"Nats-Msg-Id": message.dedupe_id()}
+        )
+        payload = encode_directory_message(message)
         delay = 0.25
         for attempt in range(1, attempts + 1):
             try:
@@ -356,7 +358,7 @@ class FederationLink:
             )
         except nats.js.errors.NotFoundError:
             return None
-        return int(stored.seq or 0), _MESSAGE.validate_json(stored.data or b"")
+        return int(stored.seq or 0), decode_directory_message(region, key, stored.data or b"")
 
     async def withdraw_all(self) -> int:
         """Leaving: a ``withdrawn`` tombstone for every entry of this region still listed.
@@ -371,12 +373,14 @@ class FederationLink:
         withdrawn = 0
         for subject in sorted(info.state.subjects or {}):
             stored = await js.get_last_msg(self.outbox, subject)
-            message = _MESSAGE.validate_json(stored.data or b"")
+            key = subject.rsplit(".", 1)[-1]
+            message = decode_directory_message(self.region, key, stored.data or b"")
             if isinstance(message, DirectoryEntry):
-                tombstone = DirectoryTombstone(
-                    region=self.region, key=message.key, reason="withdrawn"
-                )
-                await self.publish(tombstone, expected_last_seq=int(stored.seq or 0))
+                tombstone = DirectoryTombstone(region=self.region, key=key, reason="withdrawn")
+                try:
+                    await self.publish(tombstone, expected_last_seq=int(stored.seq or 0))
+                except ConcurrentPublishError:
+                    continue  # matching published meanwhile; run leave again once it stopped
                 withdrawn += 1
         return withdrawn
 
