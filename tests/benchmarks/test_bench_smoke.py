@@ -43,3 +43,6 @@ def test_bench_ingest_smoke(tmp_path: Path) -> None:
     assert result["peak_rss_mb"] > 0
     assert "targets:" in done.stdout
     assert any(p.suffix == ".zip" for p in tmp_path.iterdir())  # cached for the next run
+    # the CLI ran from cached bytecode, kept in the cache directory
+    assert result["bytecode_cache"] is True
+    assert any((tmp_path / "pycache").rglob("*.pyc"))
