@@ -285,3 +285,35 @@ def test_the_wire_form_is_compact_and_says_the_same() -> None:
     ):
         with pytest.raises(DirectoryDecodeError):
             decode_directory_message("fr", anna.key, bad)
+
+
+async def test_the_hubs_job_erases_superseded_messages_then_exits(
+    federation: Federation, links: Links
+) -> None:
+    """``hub --until-idle``: what the Kubernetes CronJob runs at the hub."""
+    fr, _ = links["fr"]
+    _es, es_seen = links["es"]
+    dan = entry("fr", "dan", "6001")
+    await fr.publish(dan)
+    await eventually(lambda: es_seen.latest().get(dan.key) == dan, what="dan in es")
+    await fr.publish(tombstone("fr", "dan"))
+    await eventually(
+        lambda: isinstance(es_seen.latest().get(dan.key), DirectoryTombstone), what="dan gone"
+    )
+    command = [sys.executable, "-m", "passerelle_platform.federation", "hub"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--regions", "fr,es", "--until-idle"],
+        env={**os.environ, "HUB_NATS_URL": federation.hub_admin_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 superseded directory messages erased" in done.stdout
+    async with connect(federation.hub_admin_url) as hub:
+        info = await hub.jetstream().stream_info(
+            "DIRECTORY", subjects_filter=dan.directory_subject()
+        )
+    assert info.state.messages == 1, "only dan's tombstone is left at the hub"

@@ -481,8 +481,13 @@ async def run_hub(
     *,
     durable: str = "hub-eraser",
     stop: asyncio.Event | None = None,
-) -> None:
-    """The hub's one process: keep ``DIRECTORY``'s sources, erase superseded messages."""
+    until_idle: bool = False,
+) -> int:
+    """The hub's one process: keep ``DIRECTORY``'s sources, erase superseded messages.
+
+    ``until_idle``: return once every stored message was looked at (a periodic
+    job); otherwise run until ``stop``. Returns how many messages were erased.
+    """
     await ensure_hub(nc, regions)
     js = nc.jetstream()
     subscription = await js.pull_subscribe(
@@ -492,10 +497,13 @@ async def run_hub(
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1),
     )
     stop = stop or asyncio.Event()
+    total = 0
     while not stop.is_set():
         try:
             messages = await subscription.fetch(256, timeout=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
+            if until_idle and (await subscription.consumer_info()).num_pending == 0:
+                break
             continue
         except Exception as error:  # noqa: BLE001 - reconnecting; fetch again
             log.warning("hub fetch failed", error=type(error).__name__)
@@ -506,7 +514,9 @@ async def run_hub(
             erased = await erase_superseded(js, GLOBAL_DIRECTORY.name, msg.subject, stored)
             if erased:
                 log.info("superseded directory messages erased", count=erased)
+            total += erased
             await msg.ack()
+    return total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -514,7 +524,8 @@ def main(argv: list[str] | None = None) -> None:
 
     - ``hub --regions fr,es``: the hub's process (``HUB_NATS_URL``, hub-admin
       credentials): keeps DIRECTORY's sources equal to the members and erases
-      superseded messages; ``--ensure-only`` sets the sources and exits (joining).
+      superseded messages; ``--ensure-only`` sets the sources and exits (joining);
+      ``--until-idle`` exits once it has caught up (the Kubernetes CronJob).
     - ``leave --region fr``: run by a region leaving the federation
       (``PASSERELLE_FEDERATION_NATS_URL``): withdraws every entry it published.
     """
@@ -523,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     hub = commands.add_parser("hub", help="run the hub's process")
     hub.add_argument("--regions", required=True, help="member regions, comma-separated")
     hub.add_argument("--ensure-only", action="store_true")
+    hub.add_argument("--until-idle", action="store_true", help="exit once caught up")
     leave = commands.add_parser("leave", help="withdraw this region's directory")
     leave.add_argument("--region", required=True)
     args = parser.parse_args(argv)
@@ -539,7 +551,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.ensure_only:
                 await ensure_hub(nc, regions)
             else:
-                await run_hub(nc, regions)
+                erased = await run_hub(nc, regions, until_idle=args.until_idle)
+                if args.until_idle:
+                    sys.stdout.write(f"{erased} superseded directory messages erased\n")
         finally:
             await nc.close()
 
