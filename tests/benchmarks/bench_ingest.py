@@ -7,7 +7,8 @@ It generates (and caches) a realistic archive, then measures in the same run:
 * the **floor**: inflating the same members (account, follower*, following*)
   with zlib and discarding the bytes, in this process;
 * the **CLI**: wall time and peak RSS of the real ``passerelle archive inspect
-  PATH --json`` console script, run as a subprocess (RSS from ``wait4``);
+  PATH --json`` console script, run as a subprocess (RSS from ``wait4``, through a
+  small launcher so that this process's own memory is not charged to the CLI);
 * for information, the library alone (``read_archive`` in this process).
 
 The CLI runs with a bytecode cache kept in the cache directory, as an
@@ -126,25 +127,47 @@ def cli_env(directory: Path, bytecode_cache: bool) -> dict[str, str]:
     return env
 
 
+# Linux charges a child's peak RSS with the peak of the memory it was forked (or
+# vforked) from: a CLI started from this process would report this process's own
+# peak (its in-process library runs hold 100 MB and more). A small launcher,
+# itself a fresh program, starts the CLI and reports the CLI's figures instead.
+_LAUNCHER = """
+import json, os, sys, time
+out = os.open(sys.argv[1], os.O_WRONLY)
+err = os.open(sys.argv[2], os.O_WRONLY)
+actions = [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
+started = time.perf_counter()
+pid = os.posix_spawn(sys.argv[3], sys.argv[3:], dict(os.environ), file_actions=actions)
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({
+    "seconds": time.perf_counter() - started,
+    "status": os.waitstatus_to_exitcode(status),
+    "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    "maxrss_kb": usage.ru_maxrss,
+}))
+"""
+
+
 def run_cli(path: Path, env: dict[str, str]) -> CliRun:
-    """One `passerelle archive inspect PATH --json` run: wall time, peak RSS, output."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [console_script(), "archive", "inspect", str(path), "--json"],
-            stdout=out,
-            stderr=err,
+    """One `passerelle archive inspect PATH --json` run: wall time, peak RSS, output.
+
+    Timed by the launcher around the CLI alone (the launcher's own start is not counted).
+    """
+    with tempfile.NamedTemporaryFile() as out, tempfile.NamedTemporaryFile() as err:
+        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, out.name, err.name]
+        command = [console_script(), "archive", "inspect", str(path), "--json"]
+        launched = subprocess.run(
+            [*launcher, *command],
             env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"CLI failed ({proc.returncode}): {err.read().decode()}")
+        figures = json.loads(launched.stdout)
+        if figures["status"] != 0:
+            raise SystemExit(f"CLI failed ({figures['status']}): {err.read().decode()}")
         output = json.loads(out.read())
-    return CliRun(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output)
+    return CliRun(figures["seconds"], figures["cpu_seconds"], figures["maxrss_kb"] / 1024, output)
 
 
 def library_seconds(path: Path) -> float:
