@@ -1,7 +1,8 @@
 """Failures: a sender killed mid-batch, faults between it and the PDS, a revoked credential.
 
 The sender runs as a real process, pointed at a fault-injecting proxy in front of the real
-PDS. Whatever happens, every follow ends up exactly once in the person's repo.
+PDS. Whatever happens, every follow ends up exactly once in the person's repo; a link that
+cannot be made gets a clear error and stores nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ pytestmark = pytest.mark.e2e
 
 APPLY = "/xrpc/com.atproto.repo.applyWrites"
 LIST = "/xrpc/com.atproto.repo.listRecords"
+LOGIN = "/xrpc/com.atproto.server.createSession"
+REFRESH = "/xrpc/com.atproto.server.refreshSession"
+RESOLVE = "/xrpc/com.atproto.identity.resolveHandle"
 HTTP_TIMEOUT = 2.0
+EXPIRED = b'{"error":"ExpiredToken","message":"Token has expired"}'
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,10 @@ def faulty_sender(
     proxy: ProxiedPds, module_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     work = tmp_path_factory.mktemp("faulty")
-    process = start_sender(module_nats, work, proxied_env(proxy))
+    # Sessions are refreshed before nearly every call, so faults of refreshSession (and
+    # logging in again when a refresh token is refused) happen in these tests too.
+    env = proxied_env(proxy, PASSERELLE_BLUESKY_SESSION_MAX_AGE_SECONDS="1")
+    process = start_sender(module_nats, work, env)
     try:
         yield process
     finally:
@@ -179,8 +187,16 @@ FAULTS = {
     "dropped_after_applying": lambda: Fault(APPLY, "drop_after", times=1),
     "timeout_then_applied": lambda: Fault(APPLY, "hang", seconds=HTTP_TIMEOUT + 1.5, times=1),
     "reads_fail": lambda: Fault(LIST, "status", status=503, times=3),
-    "login_unreachable": lambda: Fault("/xrpc/com.atproto.server.refreshSession", "drop_before"),
+    # Sessions: an access token the PDS says has expired (refresh, then the same batch
+    # again), a PDS unreachable or failing when refreshing, a refresh token refused (log
+    # in again with the app password, once).
+    "access_token_expired": lambda: Fault(APPLY, "status", status=400, body=EXPIRED, times=1),
+    "refresh_unreachable": lambda: Fault(REFRESH, "drop_before", times=2),
+    "refresh_5xx": lambda: Fault(REFRESH, "status", status=503, times=2),
+    "refresh_token_refused": lambda: Fault(REFRESH, "status", status=400, body=EXPIRED, times=1),
 }
+#: Logins (createSession) each fault may cause once the account is linked.
+LOGINS_AFTER_LINK = {"refresh_token_refused": 1}
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
@@ -195,10 +211,8 @@ async def test_faults_never_lose_or_repeat_a_follow(
     targets = [fake_did() for _ in range(260)]
     async with bus(module_nats.url) as b:
         person = await linked(b, me)
+        linked_at = time.time()
         fault = proxy.pds.add(FAULTS[name]())
-        if name == "timeout_then_applied":
-            # A second fault in the reconcile read proves the read happens after the late write.
-            pass
         try:
             started = time.monotonic()
             await b.publish_all([request_for(person, me.did, t) for t in targets])
@@ -206,11 +220,16 @@ async def test_faults_never_lose_or_repeat_a_follow(
             elapsed = time.monotonic() - started
         finally:
             proxy.pds.clear()
-    if name != "login_unreachable":
-        assert fault.fired >= 1
+    assert fault.fired >= 1
     assert {r.outcome for r in results} == {"followed"}
     assert len({r.follow_id for r in results}) == len(targets)
     assert_exactly_once(pds, me, targets)
+    # Sessions are reused and refreshed: no login unless a refresh token was refused.
+    logins = [c for c in proxy.pds.calls(LOGIN) if c.at >= linked_at]
+    assert len(logins) == LOGINS_AFTER_LINK.get(name, 0), name
+    if name == "access_token_expired":
+        refused = [c for c in proxy.pds.calls(APPLY) if c.fault and c.at >= linked_at]
+        assert len(refused) == 1  # then the same batch went through
     if name == "429_burst":
         assert elapsed >= 2.0  # it waited for the announced reset
         text = await metrics_text(faulty_sender)
@@ -289,3 +308,79 @@ async def test_revoked_credential_breaks_the_link_once_and_relinking_resumes(
     finally:
         sender.stop()
     assert sorted(pds.followed_dids(me.did)) == sorted(first + later)
+
+
+RATE_LIMITED = b'{"error":"RateLimitExceeded","message":"Rate Limit Exceeded"}'
+LINK_FAULTS = {
+    # where (the PDS's proxy or the PLC directory's), fault, error code told to the edge
+    "pds_dropped": ("pds", lambda: Fault(LOGIN, "drop_before"), "pds_unreachable"),
+    "pds_5xx": ("pds", lambda: Fault(LOGIN, "status", status=503), "pds_unreachable"),
+    "pds_timeout": (
+        "pds",
+        lambda: Fault(LOGIN, "hang", seconds=HTTP_TIMEOUT + 1.5),
+        "pds_unreachable",
+    ),
+    "pds_login_limit": (
+        "pds",
+        lambda: Fault(
+            LOGIN,
+            "status",
+            status=429,
+            body=RATE_LIMITED,
+            headers=lambda: {
+                "ratelimit-limit": "30",
+                "ratelimit-remaining": "0",
+                "ratelimit-reset": str(int(time.time()) + 240),
+                "ratelimit-policy": "30;w=300",
+            },
+        ),
+        "rate_limited",
+    ),
+    "resolver_5xx": ("pds", lambda: Fault(RESOLVE, "status", status=502), "directory_unreachable"),
+    "directory_5xx": ("plc", lambda: Fault("/did:", "status", status=503), "directory_unreachable"),
+    # Down until cleared: the HTTP client retries a GET once on a dropped kept-alive connection.
+    "directory_dropped": (
+        "plc",
+        lambda: Fault("/did:", "drop_before", times=-1),
+        "directory_unreachable",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINK_FAULTS))
+async def test_link_errors_when_the_pds_or_the_directory_fails(
+    name: str,
+    pds: LocalPds,
+    proxy: ProxiedPds,
+    module_nats: NatsServer,
+    faulty_sender: ServiceProcess,
+) -> None:
+    where, make, code = LINK_FAULTS[name]
+    me = pds.create_account()
+    person = new_person()
+    fault = (proxy.pds if where == "pds" else proxy.plc).add(make())
+    try:
+        async with bus(module_nats.url) as b:
+            reply = await b.link(me.handle, me.app_password, person)
+            assert fault.fired >= 1
+            assert reply.account is None
+            assert reply.error is not None
+            assert reply.error.code == code, reply.error
+            assert reply.error.message
+            assert me.app_password not in reply.error.message
+            if code == "rate_limited":
+                assert "4 minutes" in reply.error.message  # when to try again
+            # Nothing was kept or announced; once the fault is gone, linking works.
+            assert not query(
+                ledger_path(faulty_sender.work_dir),
+                "SELECT did FROM bluesky_account WHERE did = ?",
+                me.did,
+            )
+            assert not [e for e in await b.linked() if e.account == me.did]
+            proxy.pds.clear()
+            proxy.plc.clear()
+            again = await b.link(me.handle, me.app_password, person)
+            assert (again.error, again.account) == (None, me.did)
+    finally:
+        proxy.pds.clear()
+        proxy.plc.clear()

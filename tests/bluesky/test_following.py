@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from atproto import models
 
 from passerelle_contracts import FollowResult
 from tests.bluesky.support import (
@@ -72,8 +73,15 @@ async def test_follows_n_accounts_once_each(
     )
     assert len(rows) == 25
     assert {(r["state"], r["outcome"]) for r in rows} == {("done", "followed")}
-    uris = {r["uri"] for r in pds.list_follows(me.did)}
-    assert {r["record_uri"] for r in rows} == uris
+    records = pds.list_follows(me.did)
+    assert {r["record_uri"] for r in rows} == {r["uri"] for r in records}
+    # What the sender wrote is a valid app.bsky.graph.follow by the lexicon, as the atproto
+    # SDK reads it (strict: the subject is a DID, createdAt a datetime).
+    for record in records:
+        follow = models.get_or_create(
+            record["value"], models.AppBskyGraphFollow.Record, strict_string_format=True
+        )
+        assert isinstance(follow, models.AppBskyGraphFollow.Record)
     text = await metrics_text(shared_sender)
     assert metric(text, "passerelle_follows_total", outcome="followed") >= 25
 
