@@ -334,13 +334,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.hours} simulated hours = {args.hours * 3600 / args.speedup:.0f} s from midnight"
         )
         cpu0 = cpu0_real = None
-        servers0 = 0.0
+        servers0 = nats0 = 0.0
         while clock.now() < t_end:
             mark = t_window if cpu0 is None else t_end
             await asyncio.sleep(min(5.0, max(0.01, (mark - clock.now()) / args.speedup)))
             if cpu0 is None and clock.now() >= t_window:
                 cpu0, cpu0_real = cpu_seconds("passerelle-mastodon-sender"), time.monotonic()
                 servers0 = cpu_seconds("tests.peers.mastodon")
+                nats0 = cpu_seconds("nats-server")
                 continue
             stats = sum_stats(fleet)
             log(
@@ -355,6 +356,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         real = time.monotonic() - cpu0_real
         cpu = cpu_seconds("passerelle-mastodon-sender") - cpu0
         servers_cpu = cpu_seconds("tests.peers.mastodon") - servers0
+        nats_cpu = cpu_seconds("nats-server") - nats0
         sender.stop()
         sender = None
         for instance in fleet:
@@ -402,6 +404,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "real_seconds": round(real, 1),
         "sender_cpu_seconds": round(cpu, 1),
         "instances_cpu_seconds": round(servers_cpu, 1),
+        "instances_cpu_ms_per_follow": round(1000 * servers_cpu / done, 3) if done else None,
+        "nats_cpu_seconds": round(nats_cpu, 1),
+        "cpu_cores_used": round((cpu + servers_cpu + nats_cpu) / real, 2),
         "api_requests": stats.get("requests", 0),
         "load_average_1m": round(psutil.getloadavg()[0], 2),
     }

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         http="h11",
         loop="asyncio",
         timeout_graceful_shutdown=1,
+        # nginx's default in front of Mastodon (uvicorn's own is 5 s: on a loaded machine
+        # clients reconnected for most calls, a cost real servers do not impose).
+        timeout_keep_alive=75,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
