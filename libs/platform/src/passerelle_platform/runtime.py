@@ -37,7 +37,7 @@ from passerelle_platform.db import database_url, make_engine, migrate
 from passerelle_platform.logging import REDACTOR, configure_logging
 from passerelle_platform.metrics import ServiceMetrics
 from passerelle_platform.settings import PlatformSettings
-from passerelle_platform.telemetry import configure_tracing
+from passerelle_platform.telemetry import configure_tracing, scrub_server_span
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -200,6 +200,7 @@ class ServiceRuntime:
             timed,
             tracer_provider=self.tracer_provider,
             excluded_urls="healthz,readyz,metrics",
+            server_request_hook=scrub_server_span,
         )
 
     def plain_app(self) -> ASGIApp:

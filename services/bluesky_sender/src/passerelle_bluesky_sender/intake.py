@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from passerelle_bluesky_sender.clock import Clock
 from passerelle_bluesky_sender.store import IntakeReport, Store
 from passerelle_contracts import BlueskyFollowRequested
+from passerelle_platform.telemetry import trace_parents
 
 MAX_ID_LENGTH = 2048
 
@@ -49,6 +50,7 @@ class Intake:
                 self.log.warning("unreadable follow request; nacked")
                 await msg.nak()
             else:
+                trace_parents.remember(request.follow_id, msg.headers)
                 readable.append((request, msg))
         if readable:
             await self._record(readable)

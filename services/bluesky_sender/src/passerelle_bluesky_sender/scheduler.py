@@ -67,6 +67,7 @@ from passerelle_bluesky_sender.xrpc import (
     XrpcClient,
     XrpcError,
 )
+from passerelle_platform.telemetry import trace_parents
 
 FOLLOW_COLLECTION = "app.bsky.graph.follow"
 PAGE = 100
@@ -449,13 +450,20 @@ class Scheduler:
         rows = start.due[: max(0, count)]
         if not rows:
             return
-        settled, send = await self._screen(account, rows)
-        if not send:
-            await self._settle(settled)
-            state.extra["done"] = state.extra.get("done", 0) + len(settled)
-            return
-        session = await self.sessions.get(account)
-        await self._send(account, state, session, send, settled=settled)
+        # The calls for these follows join the trace their requests came in (a person's
+        # step), rather than starting traces of their own.
+        with trace_parents.resumed(
+            (r.follow_id for r in rows),
+            "bluesky follows",
+            {"messaging.system": "nats", "messaging.batch.message_count": len(rows)},
+        ):
+            settled, send = await self._screen(account, rows)
+            if not send:
+                await self._settle(settled)
+                state.extra["done"] = state.extra.get("done", 0) + len(settled)
+                return
+            session = await self.sessions.get(account)
+            await self._send(account, state, session, send, settled=settled)
 
     async def _screen(
         self, account: AccountRow, rows: list[FollowRow]

@@ -45,6 +45,7 @@ from passerelle_mastodon_sender.models import MastodonLink
 from passerelle_mastodon_sender.settings import Settings
 from passerelle_mastodon_sender.store import Store
 from passerelle_mastodon_sender.vault import Vault, VaultError
+from passerelle_platform.telemetry import trace_parents
 
 Publish = Callable[[Event], Awaitable[bool]]
 
@@ -226,7 +227,14 @@ class Follower:
                         return
                     await self._wait(lane.more, due - self.clock.now())
                     continue
-                if await self._work(account, rows):
+                # The calls for these follows join the trace their requests came in.
+                with trace_parents.resumed(
+                    (r.follow_id for r in rows),
+                    "mastodon follows",
+                    {"messaging.system": "nats", "messaging.batch.message_count": len(rows)},
+                ):
+                    stop = await self._work(account, rows)
+                if stop:
                     return
         except asyncio.CancelledError:
             raise

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from passerelle_contracts import MastodonFollowRequested
 from passerelle_contracts.streams import Consumer
 from passerelle_platform.metrics import ServiceMetrics
+from passerelle_platform.telemetry import trace_parents
 
 tracer = trace.get_tracer("passerelle_mastodon_sender.intake")
 
@@ -114,9 +115,9 @@ class FollowIntake:
         ):
             for message in messages:
                 try:
-                    valid.append(
-                        (message, MastodonFollowRequested.model_validate_json(message.data))
-                    )
+                    request = MastodonFollowRequested.model_validate_json(message.data)
+                    trace_parents.remember(request.follow_id, message.headers)
+                    valid.append((message, request))
                 except ValidationError:
                     self.log.warning("invalid follow request", subject=message.subject)
                     handled.labels(durable, "nack").inc()
