@@ -66,3 +66,30 @@ def as_promql(expr: str) -> str:
     if leftover:
         raise AssertionError(f"unknown Grafana variable {leftover.group(0)} in: {expr}")
     return expr
+
+
+ADAPTER = ROOT / "deploy" / "prometheus-adapter" / "values.yaml"
+
+
+def adapter_rules() -> dict[str, dict[str, Any]]:
+    """The Prometheus Adapter's external metrics, by the name the HPAs use."""
+    values = yaml_documents(ADAPTER.read_text(encoding="utf-8"))[0]
+    return {rule["name"]["as"]: rule for rule in values["rules"]["external"]}
+
+
+def series_name(rule: dict[str, Any]) -> str:
+    """The metric a rule's ``seriesQuery`` discovers (``name{labels}``)."""
+    return str(rule["seriesQuery"]).split("{", 1)[0]
+
+
+def adapter_query(rule: dict[str, Any], matchers: str = 'namespace="passerelle-fr"') -> str:
+    """The PromQL the adapter sends for an HPA in a namespace (its Go template filled)."""
+    return (
+        str(rule["metricsQuery"])
+        .replace("<<.Series>>", series_name(rule))
+        .replace("<<.LabelMatchers>>", matchers)
+    )
+
+
+def adapter_queries() -> list[tuple[str, str]]:
+    return [(f"{ADAPTER.name}: {name}", adapter_query(r)) for name, r in adapter_rules().items()]

@@ -1,7 +1,8 @@
 """The services' Dockerfiles, without a Docker engine: hadolint, their structure, and a
 replay of their build stage (the same COPY and `uv sync` steps in a scratch
 directory) that proves each image gets its own service and only the workspace
-packages it depends on, and that its entry point starts."""
+packages it depends on, and that the service runs from that venv alone (the final
+stage's environment, a real nats-server) until ready."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.ops.tools import ROOT, require, run
+from tests.support.nats import NatsServer
+from tests.support.ports import free_port
+from tests.support.services import STARTUP_SECONDS
 
 SERVICES = {
     "ingest": "passerelle-ingest",
@@ -206,31 +213,97 @@ def _replay_build(service: str, context: Path) -> Path:
     return venv
 
 
-def test_build_stage_installs_only_its_packages(tmp_path: Path) -> None:
-    """Replayed for ingest, the image with the most workspace packages (the other three
-    Dockerfiles differ only in the package lists test_dockerfile_structure checks; a
-    replay and a start cost ~5-10 s here)."""
-    service = "ingest"
+def image_env(service: str) -> dict[str, str]:
+    """The final stage's ENV (what the container starts with), ``$PATH`` left out."""
+    env: dict[str, str] = {}
+    for args in parse(ROOT / "services" / service / "Dockerfile")[-1].all("ENV"):
+        for pair in shlex.split(args):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("service", SERVICES)
+def test_image_layout_runs_the_service(
+    service: str, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Each Dockerfile's build stage replayed; then its venv alone (no source tree, no
+    workspace on the path) runs the service as the container would: the final stage's
+    ENV, a data directory of its own, connected to a real nats-server, ready and
+    serving /metrics. No Docker engine here, so this is as near to the image as it gets.
+    """
     if shutil.which("uv") is None:
         pytest.skip("uv is not on PATH")
-    venv = _replay_build(service, tmp_path)
+    venv = _replay_build(service, tmp_path / "build")
     site = next(venv.glob("lib/python3*/site-packages"))
     installed = {p.name.split("-")[0] for p in site.glob("passerelle_*.dist-info")}
     expected = {name.replace("-", "_") for name in closure(SERVICES[service])}
     assert installed == expected
-    assert not list(site.glob("*.pth")) or not any(
-        "/src" in p.read_text() for p in site.glob("*.pth")
-    ), "workspace packages are installed as wheels, not editable"
-    # Its console script starts from the venv alone (no source tree) and reads its
-    # settings: an invalid region makes it stop at once with its one-line error.
+    for pth in site.glob("*.pth"):
+        assert "/src" not in pth.read_text(), f"{pth.name}: installed editable"
+
+    # An invalid setting stops it at once with its one-line error (exit code 2).
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     done = subprocess.run(
         [str(venv / "bin" / SERVICES[service])],
         check=False,
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PASSERELLE_REGION": "Not A Region", "HOME": str(tmp_path)},
+        env={**bare, "PASSERELLE_REGION": "Not A Region"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("configuration error: PASSERELLE_REGION"), done.stderr
+
+    env = image_env(service)
+    assert env["PASSERELLE_DATA_DIR"] == "/var/lib/passerelle"
+    port = free_port()
+    data = tmp_path / "var-lib-passerelle"  # the image's /var/lib/passerelle
+    data.mkdir()
+    container_env = {
+        **bare,
+        **{k: v for k, v in env.items() if k != "PATH"},
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "PASSERELLE_HTTP_HOST": "127.0.0.1",  # the image listens on 0.0.0.0
+        "PASSERELLE_HTTP_PORT": str(port),
+        "PASSERELLE_DATA_DIR": str(data),
+        "PASSERELLE_NATS_URL": nats_server.url,
+        "PASSERELLE_ENV": "dev",
+    }
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    log = (tmp_path / "service.log").open("wb")
+    process = subprocess.Popen(
+        [SERVICES[service]], cwd=workdir, env=container_env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            assert process.poll() is None, (tmp_path / "service.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready from the image's venv"
+            time.sleep(0.2)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert f'passerelle_service_info{{region="local",service="{service}"' in metrics or (
+            "passerelle_service_info{" in metrics and f'service="{service}"' in metrics
+        )
+    finally:
+        process.terminate()
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        log.close()
+    # A clean stop: uvicorn finishes its shutdown, then re-raises the SIGTERM it caught.
+    assert code in (0, -signal.SIGTERM), (tmp_path / "service.log").read_text()[-3000:]
+    assert "Application shutdown complete" in (tmp_path / "service.log").read_text()
+    # Nothing was written outside the data directory and /tmp: the image's root
+    # filesystem is read-only.
+    assert not list(workdir.iterdir())

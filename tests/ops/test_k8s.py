@@ -171,6 +171,53 @@ def test_disruption_budgets_and_autoscalers(overlay: str) -> None:
         assert "replicas" not in workloads[name]["spec"], f"{name}: the HPA owns replicas"
 
 
+def external_selector(metric: dict[str, Any]) -> tuple[str, set[str]]:
+    """The one label an external metric's selector narrows, and its values."""
+    selector = metric["selector"]
+    if "matchLabels" in selector:
+        ((label, value),) = selector["matchLabels"].items()
+        return label, {value}
+    ((expression,),) = (selector["matchExpressions"],)
+    assert expression["operator"] == "In"
+    return expression["key"], set(expression["values"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscalers_scale_on_queue_depth(overlay: str) -> None:
+    """Matching scales on its consumers' lag, the senders on their ledger's backlog and
+    their intake's lag (as well as CPU); every external metric is one the Prometheus
+    Adapter serves, narrowed to this service's own consumers or network."""
+    from passerelle_contracts.streams import CONSUMERS
+    from tests.ops.queries import adapter_rules
+
+    served = adapter_rules()
+    networks = {"bluesky-sender": "bluesky", "mastodon-sender": "mastodon"}
+    for name, hpa in by_kind(overlay, "HorizontalPodAutoscaler").items():
+        service = SERVICES[name][0]
+        metrics = hpa["spec"]["metrics"]
+        kinds = {m["type"] for m in metrics}
+        assert kinds == {"External", "Resource"}, name
+        external = {
+            m["external"]["metric"]["name"]: m["external"]
+            for m in metrics
+            if m["type"] == "External"
+        }
+        assert set(external) <= set(served), name
+        for metric_name, metric in external.items():
+            assert metric["target"]["type"] == "AverageValue", (name, metric_name)
+            label, values = external_selector(metric["metric"])
+            if metric_name == "passerelle_consumer_pending":
+                assert label == "consumer_name"
+                mine = {c.durable for c in CONSUMERS if c.service == service}
+                wanted = mine if name == "matching" else {c for c in mine if "follows" in c}
+                assert values == wanted, (name, values)
+            else:
+                assert (label, values) == ("network", {networks[name]}), name
+        assert "passerelle_consumer_pending" in external, name
+        if name in networks:
+            assert "passerelle_follow_backlog" in external, name
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_nats_is_a_three_node_jetstream_cluster(overlay: str) -> None:
     nats = by_kind(overlay, "StatefulSet")["nats"]

@@ -1,6 +1,7 @@
 """The four services on a real nats-server, as Kubernetes runs them, checked from outside:
 
-- every metric a dashboard or an alert rule reads is exported by a running service
+- every metric a dashboard, an alert rule or an autoscaler (through the Prometheus
+  Adapter) reads is exported by a running service
   (or is one of the few that Prometheus, the NATS exporter or CloudNativePG export,
   listed in external_metrics.py);
 - no metric label carries personal data;
@@ -10,22 +11,20 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.otlp import OtlpCollector
 from tests.ops.external_metrics import ALLOWED, NATS_VARZ_PREFIX
 from tests.ops.promql import metric_names
-from tests.ops.queries import dashboard_queries, rule_queries
+from tests.ops.queries import adapter_queries, dashboard_queries, rule_queries
 from tests.support.nats import NatsServer
 from tests.support.services import SCRIPTS, ServiceProcess
 
@@ -33,67 +32,6 @@ pytestmark = pytest.mark.e2e
 
 SECRET_KEY = "ops-test-session-key-4f1c9a7e2b"
 ENCRYPTION_KEY = Fernet.generate_key().decode()
-
-
-@dataclass
-class Span:
-    service: str
-    name: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-class OtlpCollector:
-    """An OTLP/HTTP trace receiver on loopback (protobuf), like the collector's."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                collector.add(request)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def add(self, request: ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans:
-                        self.spans.append(
-                            Span(
-                                service=resource.get("service.name", ""),
-                                name=span.name,
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_id=span.parent_span_id.hex(),
-                                attributes={a.key: str(a.value) for a in span.attributes},
-                            )
-                        )
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -177,7 +115,7 @@ def test_every_metric_in_dashboards_and_rules_is_exported(stack: Stack) -> None:
         exported |= exported_names(httpx.get(process.base_url + "/metrics", timeout=5).text)
     varz = varz_metric_names(stack.nats)
     used: dict[str, set[str]] = {}
-    for where, expr in [*rule_queries(), *dashboard_queries()]:
+    for where, expr in [*rule_queries(), *dashboard_queries(), *adapter_queries()]:
         for name in metric_names(expr):
             used.setdefault(name, set()).add(where)
     missing = {

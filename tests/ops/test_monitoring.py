@@ -12,6 +12,8 @@ import pytest
 from tests.ops.queries import (
     DASHBOARDS,
     RULES,
+    adapter_queries,
+    adapter_rules,
     as_promql,
     dashboard_queries,
     dashboards,
@@ -93,6 +95,28 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(json.dumps({"groups": [{"name": "dashboards", "rules": rules}]}))
     out = run([require("promtool"), "check", "rules", str(path)])
     assert f"{len(rules)} rules found" in out
+
+
+def test_autoscaling_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses what the Prometheus Adapter sends for each external metric."""
+    rules = adapter_rules()
+    assert set(rules) == {"passerelle_consumer_pending", "passerelle_follow_backlog"}
+    for name, rule in rules.items():
+        # Namespaced: the adapter adds the HPA's namespace to <<.LabelMatchers>>.
+        assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}, name
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"], name
+    queries = [
+        {"record": f"adapter:query_{i}", "expr": expr}
+        for i, (_, expr) in enumerate(adapter_queries())
+    ]
+    queries += [
+        {"record": f"adapter:series_{i}", "expr": rule["seriesQuery"]}
+        for i, rule in enumerate(rules.values())
+    ]
+    path = tmp_path / "adapter.rules.json"
+    path.write_text(json.dumps({"groups": [{"name": "adapter", "rules": queries}]}))
+    out = run([require("promtool"), "check", "rules", str(path)])
+    assert f"{len(queries)} rules found" in out
 
 
 # --- the OpenTelemetry Collector ----------------------------------------------------------
