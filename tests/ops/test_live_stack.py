@@ -5,15 +5,20 @@
   (or is one of the few that Prometheus, the NATS exporter or CloudNativePG export,
   listed in external_metrics.py);
 - no metric label carries personal data;
+- a real Prometheus scraping them answers the Prometheus Adapter's query for each
+  sender's autoscaler in its namespace, and only there;
 - traces go out over OTLP (as to the collector in k8s) and one request to the edge
   that asks the other services over NATS is one trace across the processes.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +29,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.otlp import OtlpCollector
 from tests.ops.external_metrics import ALLOWED, NATS_VARZ_PREFIX
 from tests.ops.promql import metric_names
-from tests.ops.queries import adapter_queries, dashboard_queries, rule_queries
+from tests.ops.queries import (
+    adapter_queries,
+    adapter_query,
+    adapter_rules,
+    dashboard_queries,
+    rule_queries,
+)
+from tests.ops.tools import require
 from tests.support.nats import NatsServer
+from tests.support.ports import free_port
 from tests.support.services import SCRIPTS, ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +65,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PASSERELLE_SECRET_KEY": SECRET_KEY,
         "PASSERELLE_ENCRYPTION_KEYS": ENCRYPTION_KEY,
         "PASSERELLE_REGION": "fr",
+        # The senders' backlog gauges, read by the autoscalers, refreshed each second.
+        "PASSERELLE_BLUESKY_METRICS_INTERVAL_SECONDS": "1",
+        "PASSERELLE_MASTODON_METRICS_INTERVAL_SECONDS": "1",
     }
     services = {s: ServiceProcess(s, nats.url, work, env) for s in SCRIPTS}
     try:
@@ -183,3 +199,66 @@ def test_one_request_is_one_trace_over_otlp(stack: Stack) -> None:
         text = " ".join([span.name, *span.attributes.values()])
         assert SECRET_KEY not in text, span.name
         assert ENCRYPTION_KEY not in text, span.name
+
+
+def test_autoscaler_backlog_answers_for_its_namespace_only(stack: Stack, tmp_path: Path) -> None:
+    """A real Prometheus scrapes the running services as the PodMonitor would (with the
+    namespace label Kubernetes discovery adds); the query the Prometheus Adapter sends
+    for each sender's HPA returns that sender's backlog in its namespace, and nothing
+    for another namespace."""
+    port = free_port()
+    targets = [f"127.0.0.1:{p.port}" for p in stack.services.values()]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "passerelle-services",
+                "static_configs": [{"targets": targets, "labels": {"namespace": "passerelle-fr"}}],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    log = (tmp_path / "prometheus.log").open("wb")
+    prometheus = subprocess.Popen(
+        [
+            require("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    rule = adapter_rules()["passerelle_follow_backlog"]
+
+    def answer(matchers: str) -> list[dict[str, Any]]:
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/query",
+            params={"query": adapter_query(rule, matchers)},
+            timeout=5,
+        )
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()["data"]["result"]
+        return result
+
+    try:
+        deadline = time.monotonic() + 90
+        for network in ("bluesky", "mastodon"):
+            matchers = f'namespace="passerelle-fr",network="{network}"'
+            while True:
+                assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
+                try:
+                    result = answer(matchers)
+                except httpx.HTTPError:
+                    result = []
+                if result:
+                    break
+                assert time.monotonic() < deadline, f"no {network} backlog for the adapter"
+                time.sleep(0.5)
+            assert [r["metric"] for r in result] == [{"network": network}]
+            assert float(result[0]["value"][1]) == 0.0  # nothing queued in this stack
+            assert answer(f'namespace="passerelle-es",network="{network}"') == []
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        log.close()
