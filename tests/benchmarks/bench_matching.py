@@ -330,7 +330,7 @@ def directory_phase(store: MatchingStore, population: Population) -> float:
     return time.perf_counter() - started
 
 
-def load_phase(store: MatchingStore, population: Population, payloads: Path) -> float:
+def load_phase(store: MatchingStore, population: Population, payloads: Path) -> tuple[float, int]:
     x_ids = population.x_ids(np.arange(population.people))
     started = time.perf_counter()
     for i in range(population.people):
@@ -346,12 +346,26 @@ def load_phase(store: MatchingStore, population: Population, payloads: Path) -> 
         store.import_archive(archive, batches, match=False)
         if i and i % 2000 == 0:
             print(f"  loaded {i:,} archives, {time.perf_counter() - started:.1f} s", flush=True)
+    loaded = time.perf_counter()
+    # What the service's compactor does at its next tick: the edges join the target index.
+    indexed = store.compact_edges()
+    compacted = time.perf_counter()
     with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        # What autovacuum would do soon: statistics, so the planner uses the GIN.
-        c.execute(sa.text("ANALYZE matching_edge_run"))
-        c.execute(sa.text("ANALYZE matching_person"))
-        c.execute(sa.text("ANALYZE matching_account"))
-    return time.perf_counter() - started
+        # What autovacuum would do soon: statistics for the planner.
+        for table in (
+            "matching_edge_run",
+            "matching_edge_block",
+            "matching_edge_segment",
+            "matching_person",
+            "matching_account",
+        ):
+            c.execute(sa.text(f"ANALYZE {table}"))
+    print(
+        f"  runs {loaded - started:.1f} s, target index {compacted - loaded:.1f} s,"
+        f" statistics {time.perf_counter() - compacted:.1f} s",
+        flush=True,
+    )
+    return time.perf_counter() - started, indexed
 
 
 def floor_phase(url: str, directory: Path, work: Path, cpu: CpuMeter) -> dict[str, float]:
@@ -501,7 +515,7 @@ def run(
         directory = directory_phase(store, population)
         print(f"directory: {directory:.1f} s", flush=True)
         mark = cpu.seconds()
-        load = load_phase(store, population, data / "payloads")
+        load, indexed = load_phase(store, population, data / "payloads")
         load_cpu, mark = cpu.seconds() - mark, cpu.seconds()
         print(
             f"load: {load:.1f} s, {load_cpu:.1f} s of CPU ({store.count_edges():,} edges stored)",
@@ -527,7 +541,12 @@ def run(
                 table: int(
                     c.execute(sa.text(f"SELECT pg_total_relation_size('{table}')")).scalar_one()
                 )
-                for table in ("matching_edge_run", "matching_match", "matching_person")
+                for table in (
+                    "matching_edge_run",
+                    "matching_edge_block",
+                    "matching_match",
+                    "matching_person",
+                )
             }
             version = str(c.execute(sa.text("SHOW server_version")).scalar_one())
         store.close()
@@ -559,6 +578,7 @@ def run(
         "accounts": population.accounts,
         "newcomers": population.newcomers,
         "directory_seconds": round(directory, 2),
+        "edges_indexed": indexed,
         "copy_floor_binary_seconds": round(floor_binary, 2),
         "requested_by_full_match": pending,
         "newcomer_requests_published": published,
@@ -604,18 +624,26 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
         result = run(population, cache, Path(tmp), args.shared_buffers or None)
     ratio = result["load_seconds"] / result["copy_floor_seconds"]
-    checks = {
-        f"load ≤ {TARGETS['load_ratio']:g} × COPY floor (is {ratio:.2f} ×)": ratio
-        <= TARGETS["load_ratio"],
-        f"full match ≤ {TARGETS['match_seconds']:g} s": result["match_seconds"]
-        <= TARGETS["match_seconds"],
-        f"newcomer p99 ≤ {TARGETS['newcomer_p99_ms']:g} ms": result["newcomer_p99_ms"]
-        <= TARGETS["newcomer_p99_ms"],
-        f"RSS ≤ {TARGETS['rss_mb']:g} MiB": result["peak_rss_mb"] <= TARGETS["rss_mb"],
-    }
-    print("targets:")
-    for label, ok in checks.items():
-        print(f"  {label}: {'met' if ok else 'NOT met'}")
+    cpu = result["cpu_seconds"]
+    cpu_ratio = cpu["load"] / max(cpu["copy_floor_csv"], 1e-9)
+    # (what, measured, target): each printed with measured / target (≤ 1 is met).
+    checks = [
+        ("load / COPY floor (wall)", ratio, TARGETS["load_ratio"], "×"),
+        ("full match (s)", result["match_seconds"], TARGETS["match_seconds"], "s"),
+        ("newcomer p99 (ms)", result["newcomer_p99_ms"], TARGETS["newcomer_p99_ms"], "ms"),
+        ("peak RSS (MiB)", result["peak_rss_mb"], TARGETS["rss_mb"], "MiB"),
+    ]
+    result["target_ratios"] = {name: round(value / target, 2) for name, value, target, _ in checks}
+    result["load_ratio"] = round(ratio, 2)
+    result["load_ratio_cpu"] = round(cpu_ratio, 2)
+    print(f"targets (load average {result['load_average']} on {os.cpu_count()} cores):")
+    for label, value, target, unit in checks:
+        verdict = "met" if value <= target else "NOT met"
+        print(
+            f"  {label}: {value:.2f} {unit}, target ≤ {target:g} {unit},"
+            f" measured/target {value / target:.2f}: {verdict}"
+        )
+    print(f"  (load / COPY floor in CPU seconds, client and server: {cpu_ratio:.2f} ×)")
     print(json.dumps(result), flush=True)
     return 0
 

@@ -46,4 +46,12 @@ def test_bench_matching_smoke(tmp_path: Path) -> None:
     assert 15_000 <= result["edges"] <= 20_000
     assert result["matches"] > 0
     assert result["newcomer_requests_published"] > 0
-    assert "targets:" in done.stdout
+    assert "targets (load average" in done.stdout
+    assert "measured/target" in done.stdout
+    assert set(result["target_ratios"]) == {
+        "load / COPY floor (wall)",
+        "full match (s)",
+        "newcomer p99 (ms)",
+        "peak RSS (MiB)",
+    }
+    assert result["edges_indexed"] == result["edges"]

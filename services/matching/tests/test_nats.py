@@ -78,11 +78,11 @@ async def test_archives_and_links_in_any_order_redelivered_request_each_follow_o
         # committed (as if the process died before publishing): it is redelivered.
         real_flush, failures = matching.flush, []
 
-        async def flaky_flush(scope: Any) -> int:
+        async def flaky_flush(scope: Any, read: Any = None) -> int:
             if scope is not None and scope.owners and not failures:
                 failures.append(scope)
                 raise RuntimeError("crashed before publishing")
-            return await real_flush(scope)
+            return await real_flush(scope, read)
 
         matching.flush = flaky_flush  # type: ignore[method-assign]
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from passerelle_contracts.base import Network
 from passerelle_matching.rules import Person, expected_matches, trust_levels
-from services.matching.tests.world import World, account_of
+from services.matching.tests.world import World, account_of, wipe_edges
 
 NAMES = ["ann", "ben", "cat", "dan", "eve", "fay"]
 X_IDS = st.integers(min_value=1, max_value=7)  # few ids: collisions (disputes) happen
@@ -38,6 +38,10 @@ def worlds(draw: Any) -> tuple[list[Person], list[tuple[str, str]]]:
     steps = [(p.person_id, "consent") for p in people]
     steps += [(p.person_id, "archive") for p in people]
     steps += [(p.person_id, f"link:{n}") for p in people for n in p.accounts]
+    # Re-imports of the same archive (the previous edges become stale), and
+    # compactions of the target index at any point (PostgreSQL; a no-op on SQLite).
+    steps += [(name, "archive") for name in draw(st.lists(st.sampled_from(names), max_size=2))]
+    steps += [("", "compact")] * draw(st.integers(min_value=0, max_value=3))
     return people, draw(st.permutations(steps))
 
 
@@ -50,13 +54,15 @@ def wipe(world: World) -> None:
             "matching_tombstone",
         ):
             c.execute(text(f"DELETE FROM {table}"))
-        edges = "matching_edge_run" if world.store.dialect == "postgresql" else "matching_edge"
-        c.execute(text(f"DELETE FROM {edges}"))
+        wipe_edges(c, world.store.dialect)
 
 
 def play(world: World, people: list[Person], steps: list[tuple[str, str]]) -> None:
     by_name = {p.person_id: p for p in people}
     for name, step in steps:
+        if step == "compact":
+            world.store.compact_edges()
+            continue
         p = by_name[name]
         if step == "consent":
             world.consent(name, matching=p.matching, auto_follow=p.auto_follow)

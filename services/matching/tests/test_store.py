@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 from passerelle_contracts.events import follow_id
 from passerelle_matching.models import FOLLOWER, FOLLOWING
 from passerelle_matching.store import Archive, tombstone_digest
-from services.matching.tests.world import World, account_of
+from services.matching.tests.world import World, account_of, wipe_edges
 
 
 def bob_did() -> str:
@@ -51,11 +51,7 @@ def test_the_order_people_arrive_in_does_not_matter(store_factory: object) -> No
             c.execute(text("DELETE FROM matching_match"))
             c.execute(text("DELETE FROM matching_account"))
             c.execute(text("DELETE FROM matching_person"))
-            c.execute(
-                text("DELETE FROM matching_edge_run")
-                if world.store.dialect == "postgresql"
-                else text("DELETE FROM matching_edge")
-            )
+            wipe_edges(c, world.store.dialect)
         return found
 
     assert run(["alice", "bob", "carol"]) == run(["carol", "bob", "alice"])
@@ -280,6 +276,8 @@ def test_erasure_leaves_no_trace(trusting_world: World) -> None:
         .execute(text("SELECT person_key, import_key FROM matching_person WHERE person_id = 'bob'"))
         .one()
     )
+    world.store.compact_edges()  # bob's edges in the target index too
+    world.archive("dan", 4, following=[2])  # and someone's not yet compacted
     world.store.erase("bob")
     store = world.store
     with store.engine.connect() as c:
@@ -295,12 +293,17 @@ def test_erasure_leaves_no_trace(trusting_world: World) -> None:
                     assert bob.person_key not in (row["person_key"], row["target_key"])
                 if table in ("matching_edge", "matching_edge_run"):
                     assert row["import_key"] != bob.import_key
+                if table == "matching_edge_block":
+                    assert bob.import_key not in {ref >> 2 for ref in row["refs"]}, row
                 if table == "matching_person":
                     assert row["x_id"] != 2
         assert c.execute(text("SELECT person_digest FROM matching_tombstone")).scalars().all() == [
             tombstone_digest("bob")
         ]
     assert world.matches() == {("carol", "bluesky", "alice", "following", "proposed")}
+    if store.dialect == "postgresql":
+        with store.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM matching_edge_block")).scalar_one() > 0
     # Late messages about bob cannot bring him back.
     assert not world.archive("bob", 2, following=[1]).applied
     assert not world.link("bob").applied
@@ -316,3 +319,31 @@ def test_x_ids_beyond_two_to_the_63(world: World, x_id: str) -> None:
     assert world.matches() == {("alice", "bluesky", "bob", "following", "proposed")}
     world.consent("bob", matching=True, auto_follow=False)
     assert world.store.pending_requests(None) == []
+
+
+def test_newcomers_are_found_through_the_target_index_and_fresh_edges(world: World) -> None:
+    """Edges compacted into segments, merged, replaced and not yet compacted: a
+    newcomer's lookup sees each current edge once, and nothing replaced."""
+    for i, name in enumerate(("ann", "ben", "cat", "dan", "eve")):
+        world.join(name, 10 + i, following=[1, 2, 3 + i], followers=[1])
+        world.store.compact_edges()  # one segment each, merged as they grow
+    world.archive("ben", 11, following=[2], followers=[1])  # re-import: no longer follows 1
+    world.join("fay", 20, following=[1])  # not compacted
+    world.join("zed", 1, following=[], networks=("bluesky", "mastodon"))
+    expected = {
+        (name, network, "zed", directions, "proposed")
+        for network in ("bluesky", "mastodon")
+        for name, directions in (
+            ("ann", "both"),
+            ("ben", "follower"),
+            ("cat", "both"),
+            ("dan", "both"),
+            ("eve", "both"),
+            ("fay", "following"),
+        )
+    }
+    assert {m for m in world.matches() if m[2] == "zed"} == expected
+    world.store.compact_edges()
+    world.unlink("zed")
+    world.link("zed")
+    assert {m for m in world.matches() if m[2] == "zed"} == expected

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from passerelle_contracts.base import Network
 from passerelle_matching.models import FOLLOWER, FOLLOWING, NETWORK_NAMES, STATE_NAMES
@@ -26,6 +26,15 @@ def batches(ids: Iterable[int], direction: int, size: int = 3) -> list[tuple[int
     """Ascending unique ids as decoder-sized batches (small, to cross batch edges)."""
     ordered = np.array(sorted(set(ids)), dtype=np.uint64)
     return [(direction, ordered[i : i + size]) for i in range(0, len(ordered), size)]
+
+
+def wipe_edges(connection: Connection, dialect: str) -> None:
+    """Delete every edge (and, on PostgreSQL, the target index built from them)."""
+    if dialect == "postgresql":
+        for table in ("matching_edge_run", "matching_edge_block", "matching_edge_segment"):
+            connection.execute(text(f"DELETE FROM {table}"))
+    else:
+        connection.execute(text("DELETE FROM matching_edge"))
 
 
 class World:

@@ -17,8 +17,10 @@ keeps one row per edge with a B-tree on the X id. ``docs/matching.md`` explains
 the choice and how it scales.
 """
 
+# ruff: noqa: S608 - SQL text is built from this module's own fragments; values are bound
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -46,7 +48,11 @@ class EdgeLayout(Protocol):
         """SQL relation ``(import_key, direction, x_id)`` of the import ``:import_key``."""
 
     def pointing_at(self) -> str:
-        """SQL relation ``(import_key, direction, x_id)`` of the edges to ``:x_id`` (indexed)."""
+        """SQL relation ``(import_key, direction, x_id)`` of the edges to ``:x_id`` (indexed);
+        ``:fresh_after`` is :meth:`fresh_after`."""
+
+    def fresh_after(self, connection: Connection) -> int:
+        """The last import whose edges the target index covers (runs after it are scanned)."""
 
     def everything(self) -> str:
         """SQL relation ``(import_key, direction, x_id)`` of all edges."""
@@ -54,27 +60,131 @@ class EdgeLayout(Protocol):
     def count(self, connection: Connection) -> int:
         """How many edges are stored."""
 
+    def compact(self, connection: Connection) -> int:
+        """Index what was loaded since the last call (if the layout defers it)."""
+
 
 # --- PostgreSQL ----------------------------------------------------------------------
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
+_INT4_OID = 23
 _INT8_OID = 20
 _ELEMENTS = np.dtype([("length", ">i4"), ("value", ">i8")])
+_ELEMENTS4 = np.dtype([("length", ">i4"), ("value", ">i4")])
+_ARRAY_HEADER = 20
+"""Bytes before the elements of a one-dimensional array without NULLs (``array_send``)."""
+
+#: Postings per block of a segment (a block may be larger: one X id is never split).
+BLOCK_POSTINGS = 512
+#: Fresh postings read into memory at most per new segment (12 bytes each).
+SEGMENT_MAX_POSTINGS = 16_000_000
+#: A segment is merged into the one before it when it reaches this share of its size.
+MERGE_RATIO = 0.5
+#: More segments than this are merged regardless (each one is a probe per lookup).
+MAX_SEGMENTS = 8
+_SLICE_SHIFT = 60
+"""The X id space (signed 64-bit) is cut into 16 slices by its top 4 bits; a block
+never crosses a slice, so a merge can go one slice at a time in bounded memory."""
+_SLICES = range(-8, 8)
+
+
+def _array(values: NDArray[Any], oid: int, elements: np.dtype[Any]) -> bytes:
+    data = np.empty(values.size, dtype=elements)
+    data["length"] = elements["value"].itemsize
+    data["value"] = values
+    return struct.pack("!iiiii", 1, 0, oid, values.size, 1) + data.tobytes()
+
+
+def _elements(raw: bytes, elements: np.dtype[Any]) -> NDArray[Any]:
+    """The values of an ``array_send`` result (one dimension, no NULLs)."""
+    if len(raw) <= 12:  # an empty array has no dimension
+        return np.empty(0, dtype=elements["value"].newbyteorder("="))
+    values = np.frombuffer(raw, dtype=elements, offset=_ARRAY_HEADER)["value"]
+    return values.astype(elements["value"].newbyteorder("="))
 
 
 def copy_row(import_key: int, direction: int, part: int, ids: NDArray[np.int64]) -> bytes:
     """One ``matching_edge_run`` row in PostgreSQL's binary ``COPY`` format."""
-    elements = np.empty(ids.size, dtype=_ELEMENTS)
-    elements["length"] = 8
-    elements["value"] = ids
-    array = struct.pack("!iiiii", 1, 0, _INT8_OID, ids.size, 1) + elements.tobytes()
+    array = _array(ids, _INT8_OID, _ELEMENTS)
     fields = struct.pack("!hiiihiii", 4, 4, import_key, 2, direction, 4, part, len(array))
     return fields + array
 
 
+def block_row(segment: int, block: int, xs: NDArray[np.int64], refs: NDArray[np.int32]) -> bytes:
+    """One ``matching_edge_block`` row in binary ``COPY`` format."""
+    first, last = int(xs[0]), int(xs[-1])
+    ids, owners = _array(xs, _INT8_OID, _ELEMENTS), _array(refs, _INT4_OID, _ELEMENTS4)
+    return (
+        struct.pack("!hiiiiiqiq", 6, 4, segment, 4, block, 8, first, 8, last)
+        + struct.pack("!i", len(ids))
+        + ids
+        + struct.pack("!i", len(owners))
+        + owners
+    )
+
+
+def block_cuts(xs: NDArray[np.int64], size: int = BLOCK_POSTINGS) -> NDArray[np.intp]:
+    """Where to cut sorted postings into blocks of ~``size``, never inside one X id."""
+    if xs.size == 0:
+        return np.empty(0, dtype=np.intp)
+    starts = np.flatnonzero(xs[1:] != xs[:-1]) + 1  # where a new X id begins
+    wanted = np.arange(size, xs.size, size)
+    if starts.size == 0:
+        return np.array([0, xs.size], dtype=np.intp)
+    cuts = starts[np.minimum(np.searchsorted(starts, wanted), starts.size - 1)]
+    return np.unique(np.concatenate([[0], cuts[cuts > 0], [xs.size]]))
+
+
+class PostingSink:
+    """Sorted postings, a slice at a time, written as the blocks of a new segment."""
+
+    def __init__(self, raw: Any, segment: int) -> None:
+        self.raw = raw
+        self.segment = segment
+        self.blocks = 0
+        self.postings = 0
+
+    def write(self, xs: NDArray[np.int64], refs: NDArray[np.int32]) -> None:
+        """One slice's postings (any order): one ``COPY`` of its blocks."""
+        order = np.argsort(xs, kind="stable")
+        xs, refs = xs[order], refs[order]
+        cuts = block_cuts(xs)
+        with (
+            self.raw.cursor() as cursor,
+            cursor.copy(
+                "COPY matching_edge_block (segment, block, first_x, last_x, xs, refs)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.write(_COPY_HEADER)
+            for start, stop in itertools.pairwise(cuts):
+                copy.write(block_row(self.segment, self.blocks, xs[start:stop], refs[start:stop]))
+                self.blocks += 1
+            copy.write(_COPY_TRAILER)
+        self.postings += int(xs.size)
+
+
 class PostgresRuns:
-    """Sorted ``bigint[]`` runs, one per decoded batch, GIN-indexed by X id."""
+    """Runs by owner, and a segmented target index built from them in bulk.
+
+    Owner side: one row per decoded batch, a sorted ``bigint[]`` written with
+    binary ``COPY`` (no per-edge tuple, no per-edge index entry) — the edges of
+    an import, and all edges, are read from here.
+
+    Target side: *segments*, each a sorted list of postings (X id → import and
+    direction, ``ref = import_key * 4 + direction``) cut into blocks of ~512,
+    one row per block with its first and last X id, and one B-tree entry per
+    block. Runs land unindexed; :meth:`compact` turns the runs loaded since the
+    last compaction (``import_key`` above the watermark) into a new segment,
+    sorted in memory, and merges segments a few at a time (each about twice the
+    next) so a lookup probes a handful. A lookup reads, per segment, the one
+    block that can hold the X id, plus the runs not compacted yet.
+
+    Postings of an import that was replaced are ignored by every query (they join
+    the directory by the *current* ``import_key``), and removed from the blocks
+    when the import's runs are deleted, so an erased person leaves nothing.
+    """
 
     def write(self, connection: Connection, import_key: int, batches: Iterable[EdgeBatch]) -> int:
         raw: Any = connection.connection.dbapi_connection
@@ -96,6 +206,30 @@ class PostgresRuns:
         return stored
 
     def delete(self, connection: Connection, import_key: int) -> None:
+        # The import's postings in the segments go first (found through its runs).
+        connection.execute(
+            text(
+                "WITH x AS (SELECT DISTINCT u.x_id FROM matching_edge_run r"
+                "  CROSS JOIN LATERAL unnest(r.ids) AS u(x_id) WHERE r.import_key = :k"
+                "  AND r.import_key <= (SELECT value FROM matching_sequence"
+                "                       WHERE name = 'compacted_import_key')),"
+                " hit AS (SELECT DISTINCT b.segment, b.block FROM x"
+                "  CROSS JOIN matching_edge_segment s CROSS JOIN LATERAL"
+                "  (SELECT segment, block FROM matching_edge_block"
+                "   WHERE segment = s.segment AND first_x <= x.x_id"
+                "   ORDER BY first_x DESC LIMIT 1) b)"
+                " UPDATE matching_edge_block m SET xs = kept.xs, refs = kept.refs"
+                " FROM hit CROSS JOIN LATERAL (SELECT array_agg(u.x ORDER BY u.i) AS xs,"
+                "  array_agg(u.ref ORDER BY u.i) AS refs"
+                "  FROM matching_edge_block b2 CROSS JOIN LATERAL"
+                "  unnest(b2.xs, b2.refs) WITH ORDINALITY AS u(x, ref, i)"
+                "  WHERE b2.segment = hit.segment AND b2.block = hit.block"
+                "  AND u.ref >> 2 <> :k) kept"
+                " WHERE m.segment = hit.segment AND m.block = hit.block"
+            ),
+            {"k": import_key},
+        )
+        connection.execute(text("DELETE FROM matching_edge_block WHERE xs IS NULL"))
         connection.execute(
             text("DELETE FROM matching_edge_run WHERE import_key = :k"), {"k": import_key}
         )
@@ -107,9 +241,24 @@ class PostgresRuns:
         )
 
     def pointing_at(self) -> str:
+        x = "CAST(:x_id AS bigint)"
         return (
-            "(SELECT r.import_key, r.direction, CAST(:x_id AS bigint) AS x_id"
-            " FROM matching_edge_run r WHERE r.ids @> ARRAY[CAST(:x_id AS bigint)])"
+            f"(SELECT p.ref >> 2 AS import_key, p.ref & 3 AS direction, {x} AS x_id"
+            " FROM matching_edge_segment s CROSS JOIN LATERAL"
+            " (SELECT b.xs, b.refs FROM matching_edge_block b"
+            f"  WHERE b.segment = s.segment AND b.first_x <= {x}"
+            "  ORDER BY b.first_x DESC LIMIT 1) b"
+            " CROSS JOIN LATERAL unnest(b.xs, b.refs) AS p(x, ref)"
+            f" WHERE p.x = {x}"
+            f" UNION ALL SELECT r.import_key, r.direction, {x} FROM matching_edge_run r"
+            f" WHERE r.import_key > :fresh_after AND r.ids @> ARRAY[{x}])"
+        )
+
+    def fresh_after(self, connection: Connection) -> int:
+        return int(
+            connection.execute(
+                text("SELECT value FROM matching_sequence WHERE name = 'compacted_import_key'")
+            ).scalar_one()
         )
 
     def everything(self) -> str:
@@ -123,6 +272,136 @@ class PostgresRuns:
             text("SELECT coalesce(sum(cardinality(ids)), 0) FROM matching_edge_run")
         ).scalar_one()
         return int(value)
+
+    # --- compaction ------------------------------------------------------------------
+
+    def compact(self, connection: Connection) -> int:
+        """Index the runs loaded since the last compaction; merge segments. Returns
+        how many postings were indexed (0: nothing to do)."""
+        indexed = 0
+        while True:
+            done = self._compact_once(connection)
+            indexed += done
+            if done < SEGMENT_MAX_POSTINGS:
+                break
+        while self._merge_due(connection):
+            pass
+        return indexed
+
+    def _compact_once(self, connection: Connection) -> int:
+        raw: Any = connection.connection.dbapi_connection
+        mark = self.fresh_after(connection)
+        slices: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.int32]]]] = {
+            s: ([], []) for s in _SLICES
+        }
+        bounds = np.array([s << _SLICE_SHIFT for s in _SLICES[1:]], dtype=np.int64)
+        postings, last = 0, mark
+        with raw.cursor(name="matching_fresh_runs") as cursor:
+            cursor.itersize = 512
+            cursor.execute(
+                "SELECT import_key, direction, array_send(ids) FROM matching_edge_run"
+                " WHERE import_key > %s ORDER BY import_key",
+                (mark,),
+            )
+            for import_key, direction, data in cursor:
+                if postings >= SEGMENT_MAX_POSTINGS and import_key != last:
+                    break
+                xs = _elements(data, _ELEMENTS)
+                last = int(import_key)
+                postings += int(xs.size)
+                # Stored ids are sorted unsigned; sorted signed, they are two runs.
+                xs = np.sort(xs)
+                cut = np.searchsorted(xs, bounds)
+                ref = np.int32(int(import_key) * 4 + int(direction))
+                for s, part in zip(_SLICES, np.split(xs, cut), strict=True):
+                    if part.size:
+                        slices[s][0].append(part)
+                        slices[s][1].append(np.full(part.size, ref, dtype=np.int32))
+        if last == mark:
+            return 0
+        if postings:
+            segment = self._new_segment(connection)
+            sink = PostingSink(raw, segment)
+            for s in _SLICES:
+                xs_parts, ref_parts = slices.pop(s)
+                if xs_parts:
+                    sink.write(np.concatenate(xs_parts), np.concatenate(ref_parts))
+            self._sized(connection, segment, sink.postings)
+        connection.execute(
+            text("UPDATE matching_sequence SET value = :v WHERE name = 'compacted_import_key'"),
+            {"v": last},
+        )
+        return postings
+
+    def _new_segment(self, connection: Connection) -> int:
+        return int(
+            connection.execute(
+                text(
+                    "INSERT INTO matching_edge_segment (segment, postings)"
+                    " SELECT coalesce(max(segment), 0) + 1, 0 FROM matching_edge_segment"
+                    " RETURNING segment"
+                )
+            ).scalar_one()
+        )
+
+    def _sized(self, connection: Connection, segment: int, postings: int) -> None:
+        connection.execute(
+            text("UPDATE matching_edge_segment SET postings = :n WHERE segment = :s"),
+            {"n": postings, "s": segment},
+        )
+
+    def _merge_due(self, connection: Connection) -> bool:
+        """Merge the two newest segments when the newer is no longer much smaller."""
+        rows = connection.execute(
+            text("SELECT segment, postings FROM matching_edge_segment ORDER BY segment DESC")
+        ).all()
+        if len(rows) < 2:
+            return False
+        (newer, newer_size), (older, older_size) = rows[0], rows[1]
+        if len(rows) <= MAX_SEGMENTS and newer_size < MERGE_RATIO * older_size:
+            return False
+        self._merge(connection, [int(older), int(newer)])
+        return True
+
+    def _merge(self, connection: Connection, segments: list[int]) -> None:
+        """Rewrite segments as one, a slice at a time, dropping replaced imports."""
+        raw: Any = connection.connection.dbapi_connection
+        current = np.array(
+            connection.execute(
+                text("SELECT import_key FROM matching_person WHERE import_key IS NOT NULL")
+            )
+            .scalars()
+            .all(),
+            dtype=np.int32,
+        )
+        segment = self._new_segment(connection)
+        sink = PostingSink(raw, segment)
+        for s in _SLICES:
+            lo, hi = s << _SLICE_SHIFT, (s + 1) << _SLICE_SHIFT
+            query = (
+                "SELECT array_send(xs), array_send(refs) FROM matching_edge_block"
+                " WHERE segment = ANY(%s) AND first_x >= %s"
+            )
+            with raw.cursor() as reader:
+                if s == _SLICES[-1]:  # the last slice's end is beyond bigint
+                    reader.execute(query, (segments, lo))
+                else:
+                    reader.execute(query + " AND first_x < %s", (segments, lo, hi))
+                rows = reader.fetchall()
+            if not rows:
+                continue
+            xs = np.concatenate([_elements(r[0], _ELEMENTS) for r in rows])
+            refs = np.concatenate([_elements(r[1], _ELEMENTS4) for r in rows])
+            keep = np.isin(refs >> 2, current)
+            if keep.any():
+                sink.write(xs[keep], refs[keep])
+        self._sized(connection, segment, sink.postings)
+        connection.execute(
+            text("DELETE FROM matching_edge_block WHERE segment = ANY(:s)"), {"s": segments}
+        )
+        connection.execute(
+            text("DELETE FROM matching_edge_segment WHERE segment = ANY(:s)"), {"s": segments}
+        )
 
 
 # --- SQLite --------------------------------------------------------------------------
@@ -162,11 +441,17 @@ class SqliteRows:
     def pointing_at(self) -> str:
         return "(SELECT import_key, direction, x_id FROM matching_edge WHERE x_id = :x_id)"
 
+    def fresh_after(self, connection: Connection) -> int:  # noqa: ARG002 - the protocol's
+        return 0
+
     def everything(self) -> str:
         return "(SELECT import_key, direction, x_id FROM matching_edge)"
 
     def count(self, connection: Connection) -> int:
         return int(connection.execute(text("SELECT count(*) FROM matching_edge")).scalar_one())
+
+    def compact(self, connection: Connection) -> int:  # noqa: ARG002 - the protocol's
+        return 0  # the B-tree on the X id is kept up to date as edges arrive
 
 
 def layout_for(dialect: str) -> EdgeLayout:

@@ -20,24 +20,25 @@ When ``PASSERELLE_FEDERATION_NATS_URL`` names the region's FEDERATION account
   removes the person and every match towards them, here, as a local erasure does.
 
 Edges, archives and credentials never leave: only what :class:`DirectoryEntry`
-holds is published.
+holds is published. The database side (``directory_entries``, ``local_people``,
+``apply_remote_entry``, ``forget_remote``) is public API of
+:class:`~passerelle_matching.store.MatchingStore`, beside the rules it shares
+with local events; this module holds no SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from prometheus_client import Counter
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import bindparam, text
 
 from passerelle_contracts import (
     ArchiveImported,
     ConsentChanged,
-    DirectoryAccount,
     DirectoryEntry,
     DirectoryMessage,
     DirectoryTombstone,
@@ -47,17 +48,28 @@ from passerelle_contracts import (
     directory_key,
 )
 from passerelle_contracts.base import utcnow
-from passerelle_matching.ids import claim_to_db, from_db
-from passerelle_matching.models import NETWORK_CODES, NETWORK_NAMES, VERIFIED
 from passerelle_matching.service import MatchingService
 from passerelle_matching.settings import Settings
-from passerelle_matching.store import MatchingStore, Outcome, Scope, tombstone_digest
+from passerelle_matching.store import (
+    REMOTE_PREFIX,
+    Outcome,
+    Scope,
+    is_remote,
+    remote_person_id,
+)
 from passerelle_platform.federation import ConcurrentPublishError, FederationLink
 from passerelle_platform.runtime import ServiceRuntime
 
-REMOTE_PREFIX = "federation:"
 #: How long a handler waits for the federation link before failing (and being redelivered).
 LINK_WAIT_SECONDS = 10.0
+
+__all__ = [
+    "REMOTE_PREFIX",
+    "FederatedMatchingService",
+    "create_matching_service",
+    "is_remote",
+    "remote_person_id",
+]
 
 
 class FederationSettings(BaseSettings):
@@ -70,15 +82,6 @@ class FederationSettings(BaseSettings):
     Unset: this node is not federated."""
 
 
-def remote_person_id(region: str, key: str) -> str:
-    """How a person of another region is known here."""
-    return f"{REMOTE_PREFIX}{region}:{key}"
-
-
-def is_remote(person_id: str) -> bool:
-    return person_id.startswith(REMOTE_PREFIX)
-
-
 def create_matching_service(runtime: ServiceRuntime, settings: Settings) -> MatchingService:
     """The matching service, federated when ``PASSERELLE_FEDERATION_NATS_URL`` is set."""
     url = FederationSettings().federation_nats_url
@@ -87,175 +90,11 @@ def create_matching_service(runtime: ServiceRuntime, settings: Settings) -> Matc
     return FederatedMatchingService(runtime, settings, url.get_secret_value())
 
 
-class FederatedStore(MatchingStore):
-    """The matching store, plus the directory entries of other regions."""
-
-    def directory_entries(
-        self, region: str, person_ids: Iterable[str]
-    ) -> dict[str, DirectoryEntry | None]:
-        """What the directory should say of these local people (``None``: nothing)."""
-        ids = sorted({p for p in person_ids if not is_remote(p)})
-        out: dict[str, DirectoryEntry | None] = dict.fromkeys(ids)
-        if not ids:
-            return out
-        statement = text(
-            "SELECT p.person_id, p.x_id, p.trust, p.consent_matching,"
-            " a.network, a.account, a.handle FROM matching_person p"
-            " LEFT JOIN matching_account a ON a.person_key = p.person_key"
-            "  AND a.account IS NOT NULL"
-            " WHERE p.person_id IN :ids ORDER BY p.person_id, a.network"
-        ).bindparams(bindparam("ids", expanding=True))
-        with self.engine.connect() as c:
-            rows = c.execute(statement, {"ids": ids}).all()
-        found: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            if not r.consent_matching or r.x_id is None or r.account is None:
-                continue
-            person = found.setdefault(
-                str(r.person_id), {"x_id": from_db(int(r.x_id)), "trust": r.trust, "accounts": []}
-            )
-            person["accounts"].append(
-                DirectoryAccount(
-                    network=NETWORK_NAMES[int(r.network)],
-                    account=str(r.account),
-                    handle=str(r.handle or r.account),
-                )
-            )
-        for person_id, person in found.items():
-            out[person_id] = DirectoryEntry(
-                region=region,
-                key=directory_key(region, person_id),
-                x_account_id=person["x_id"],
-                trust=person["trust"],
-                accounts=tuple(person["accounts"]),
-            )
-        return out
-
-    def local_people(self, person_keys: Iterable[int]) -> list[str]:
-        """The ids of the people of this region among these keys."""
-        keys = sorted(set(person_keys))
-        if not keys:
-            return []
-        statement = text(
-            "SELECT person_id FROM matching_person WHERE person_key IN :keys"
-        ).bindparams(bindparam("keys", expanding=True))
-        with self.engine.connect() as c:
-            ids = [str(r[0]) for r in c.execute(statement, {"keys": keys})]
-        return [p for p in ids if not is_remote(p)]
-
-    def apply_remote_entry(self, entry: DirectoryEntry) -> Outcome:
-        """Another region's person, as a target of this region's people's matches."""
-        person_id = remote_person_id(entry.region, entry.key)
-        sent_at = entry.sent_at.timestamp()
-        claimed = claim_to_db(entry.x_account_id)
-        with self._write() as c:
-            gone = c.execute(
-                text("SELECT erased_at FROM matching_tombstone WHERE person_digest = :d"),
-                {"d": tombstone_digest(person_id)},
-            ).scalar()
-            if gone is not None and float(gone) >= sent_at:
-                return Outcome(applied=False, detail="erased")
-            if gone is not None:  # withdrawn, and back since
-                c.execute(
-                    text("DELETE FROM matching_tombstone WHERE person_digest = :d"),
-                    {"d": tombstone_digest(person_id)},
-                )
-            person = self._ensure_person(c, person_id, entry.region)
-            assert person is not None  # no tombstone left (handled above)
-            if person["import_sent_at"] is not None and float(person["import_sent_at"]) >= sent_at:
-                return Outcome(applied=False, detail="stale")
-            key, old_x = int(person["person_key"]), person["x_id"]
-            c.execute(
-                text(
-                    "UPDATE matching_person SET x_id = :x, x_verified = :verified,"
-                    " consent_matching = true, consent_auto_follow = false,"
-                    " import_sent_at = :sent, updated_at = :now WHERE person_key = :p"
-                ),
-                {
-                    "x": claimed,
-                    "verified": entry.trust == VERIFIED,
-                    "sent": sent_at,
-                    "now": self.clock(),
-                    "p": key,
-                },
-            )
-            if old_x is not None and old_x != claimed:
-                self._drop_towards(c, key)
-            wanted = {NETWORK_CODES[a.network]: a for a in entry.accounts}
-            held = {
-                int(r.network): r.account
-                for r in c.execute(
-                    text("SELECT network, account FROM matching_account WHERE person_key = :p"),
-                    {"p": key},
-                )
-            }
-            for network in NETWORK_CODES.values():
-                account = wanted.get(network)
-                if held.get(network) is not None and (
-                    account is None or account.account != held[network]
-                ):
-                    self._drop_towards(c, key, network)
-                c.execute(
-                    text(
-                        "INSERT INTO matching_account"
-                        " (person_key, network, account, handle, event_at)"
-                        " VALUES (:p, :n, :account, :handle, :at)"
-                        " ON CONFLICT (person_key, network) DO UPDATE SET"
-                        " account = excluded.account, handle = excluded.handle,"
-                        " event_at = excluded.event_at"
-                    ),
-                    {
-                        "p": key,
-                        "n": network,
-                        "account": account.account if account else None,
-                        "handle": account.handle if account else None,
-                        "at": sent_at,
-                    },
-                )
-            others = self._refresh_claimants(c, old_x, claimed)
-            return Outcome(applied=True, scope=Scope(targets=others | {key}))
-
-    def forget_remote(self, region: str, key: str, sent_at: float) -> Outcome:
-        """Another region's person left: remove them and every match towards them."""
-        person_id = remote_person_id(region, key)
-        with self._write() as c:
-            c.execute(
-                text(
-                    "INSERT INTO matching_tombstone (person_digest, erased_at) VALUES (:d, :at)"
-                    " ON CONFLICT (person_digest) DO UPDATE SET erased_at = excluded.erased_at"
-                    " WHERE matching_tombstone.erased_at < excluded.erased_at"
-                ),
-                {"d": tombstone_digest(person_id), "at": sent_at},
-            )
-            _, person = self._lookup(c, person_id)
-            if person is None:
-                return Outcome(applied=False, detail="unknown")
-            if person["import_sent_at"] is not None and float(person["import_sent_at"]) > sent_at:
-                return Outcome(applied=False, detail="stale")
-            person_key = int(person["person_key"])
-            c.execute(
-                text("DELETE FROM matching_match WHERE person_key = :p OR target_key = :p"),
-                {"p": person_key},
-            )
-            c.execute(text("DELETE FROM matching_account WHERE person_key = :p"), {"p": person_key})
-            c.execute(text("DELETE FROM matching_person WHERE person_key = :p"), {"p": person_key})
-            others = self._refresh_claimants(c, person["x_id"])
-            return Outcome(applied=True, scope=Scope(targets=others))
-
-
 class FederatedMatchingService(MatchingService):
     """Matching, publishing this region's directory and matching everyone else's."""
 
-    store: FederatedStore
-
     def __init__(self, runtime: ServiceRuntime, settings: Settings, federation_url: str) -> None:
-        if runtime.engine is None:
-            raise ValueError("the matching service needs its database")
-        super().__init__(
-            runtime,
-            settings,
-            FederatedStore(runtime.engine, trust_archive_claims=settings.trust_archive_claims),
-        )
+        super().__init__(runtime, settings)
         self.link = FederationLink(
             federation_url, settings.region, self.on_directory, name="passerelle-matching"
         )

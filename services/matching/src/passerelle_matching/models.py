@@ -15,19 +15,20 @@ epoch seconds (floats), stored the same way on SQLite and PostgreSQL.
   ``import_key`` (a new import gets a new key; the old edges are deleted in the
   same transaction). Two layouts, one per backend (``docs/matching.md``):
   ``matching_edge_run`` on PostgreSQL (one row per decoded batch: a sorted
-  ``bigint[]``, found by target through a GIN index) and ``matching_edge`` on
-  SQLite (one row per edge, a B-tree on the target).
+  ``bigint[]``), found by target through segments of sorted postings built in
+  bulk (``matching_edge_segment``, ``matching_edge_block``), and
+  ``matching_edge`` on SQLite (one row per edge, a B-tree on the target).
 - ``matching_match``: one row per (person, network, target person): which
   directions (bit mask), the state, the target account once requested, and
   ``pending`` — the outbox flag of the follow request still to publish.
 - ``matching_tombstone``: a one-way digest of each erased person id, so that a
   late message about them cannot bring them back.
-- ``matching_sequence``: counters (the next ``import_key``).
+- ``matching_sequence``: counters (the next ``import_key``; the last one compacted).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, SmallInteger, text
+from sqlalchemy import BigInteger, Column, Index, Integer, SmallInteger, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Field, SQLModel
 
@@ -132,6 +133,29 @@ class MatchingEdgeRun(SQLModel, table=True):
     direction: int = Field(primary_key=True, sa_type=SmallInteger)
     part: int = Field(primary_key=True)
     ids: list[int] = Field(sa_column=Column(ARRAY(BigInteger), nullable=False))
+
+
+class MatchingEdgeSegment(SQLModel, table=True):
+    """PostgreSQL only: one segment of the target index (``edges.PostgresRuns``)."""
+
+    __tablename__ = "matching_edge_segment"
+
+    segment: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    postings: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class MatchingEdgeBlock(SQLModel, table=True):
+    """PostgreSQL only: a block of a segment's sorted postings (X id → ``ref``)."""
+
+    __tablename__ = "matching_edge_block"
+    __table_args__ = (Index("ix_matching_edge_block_first_x", "segment", "first_x"),)
+
+    segment: int = Field(primary_key=True)
+    block: int = Field(primary_key=True)
+    first_x: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_x: int = Field(sa_column=Column(BigInteger, nullable=False))
+    xs: list[int] | None = Field(default=None, sa_column=Column(ARRAY(BigInteger)))
+    refs: list[int] | None = Field(default=None, sa_column=Column(ARRAY(Integer)))
 
 
 class MatchingEdge(SQLModel, table=True):

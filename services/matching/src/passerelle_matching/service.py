@@ -119,6 +119,7 @@ class MatchingService:
         self.metrics = MatchingMetrics(runtime, settings)
         self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
         self._js: Any = None
         self._js_connection: Any = None
@@ -182,8 +183,9 @@ class MatchingService:
             event.account,
             event.handle,
             event.sent_at.timestamp(),
+            pending_limit=OUTBOX_BATCH,
         )
-        await self.flush(outcome.scope)
+        await self.flush(outcome.scope, outcome)
         return self._counted("identity.linked", outcome)
 
     async def on_identity_unlinked(self, event: IdentityUnlinked) -> Outcome:
@@ -295,31 +297,37 @@ class MatchingService:
 
     # --- the outbox --------------------------------------------------------------------
 
-    async def flush(self, scope: Scope | None) -> int:
+    async def flush(self, scope: Scope | None, read: Outcome | None = None) -> int:
         """Publish the pending follow requests in ``scope`` (``None``: all of them).
 
         Flushes may overlap (an event's own, and the periodic drain): a request
         published twice is stored once (same ``Nats-Msg-Id``). Only the drain is
-        kept to one at a time; it never holds up an event's flush.
+        kept to one at a time; it never holds up an event's flush. ``read``: the
+        event's outcome, whose ``ready`` requests were read in its transaction.
         """
         if scope is not None and not scope:
             return 0
         if scope is None:
             async with self._drain_lock:
                 return await self._flush(None)
-        return await self._flush(scope)
+        return await self._flush(scope, read)
 
-    async def _flush(self, scope: Scope | None) -> int:
+    async def _flush(self, scope: Scope | None, read: Outcome | None = None) -> int:
         published = 0
+        # Read in the event's transaction: no need to read again if it held them all.
+        ready = list(read.ready) if read is not None else None
+        complete = read is not None and read.complete
         while True:
-            ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
-            if not ready:
+            if ready is None:
+                ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
+                complete = len(ready) < OUTBOX_BATCH
+            if ready:
+                await self._publish(ready)
+                await asyncio.to_thread(self.store.mark_published, [r.key for r in ready])
+                published += len(ready)
+            if complete or not ready:
                 return published
-            await self._publish(ready)
-            await asyncio.to_thread(self.store.mark_published, [r.key for r in ready])
-            published += len(ready)
-            if len(ready) < OUTBOX_BATCH:
-                return published
+            ready = None
 
     async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
         """Publish follow requests pipelined: all sent, then all PubAcks awaited.
@@ -376,16 +384,34 @@ class MatchingService:
         )
 
     async def start_drainer(self) -> None:
-        """Publish leftovers now and every ``outbox_interval_seconds`` (after a crash...)."""
+        """Publish leftovers now and every ``outbox_interval_seconds`` (after a crash...);
+        and keep the edges' target index up to date (``compact_interval_seconds``)."""
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain_forever(), name="matching-outbox")
+        if self._compactor is None:
+            self._compactor = asyncio.create_task(
+                self._compact_forever(), name="matching-compaction"
+            )
 
     async def stop_drainer(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-            self._drainer = None
+        for task in (self._drainer, self._compactor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._drainer = self._compactor = None
+
+    async def _compact_forever(self) -> None:
+        """Edges loaded since the last tick join the target index (a newcomer's lookup
+        scans those that have not: the fewer, the faster)."""
+        while True:
+            try:
+                indexed = await asyncio.to_thread(self.store.compact_edges)
+                if indexed:
+                    self.log.info("edges indexed", edges=indexed)
+            except Exception as error:  # noqa: BLE001 - try again at the next tick
+                self.log.warning("edge compaction failed", error=type(error).__name__)
+            await asyncio.sleep(self.settings.compact_interval_seconds)
 
     async def close(self) -> None:
         """Stop the drain and give the database connection back (at shutdown)."""

@@ -42,6 +42,7 @@ import numpy as np
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
+from passerelle_contracts import DirectoryAccount, DirectoryEntry, directory_key
 from passerelle_contracts.base import Network, stable_id
 from passerelle_contracts.events import Direction, FollowOutcome, follow_id
 from passerelle_contracts.rpc import MatchState, TrustLevel
@@ -95,15 +96,6 @@ class Scope:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What an event did: ``applied`` is False for stale, duplicate or erased ones."""
-
-    applied: bool
-    scope: Scope = field(default_factory=Scope)
-    detail: str = ""
-
-
-@dataclass(frozen=True)
 class FollowToRequest:
     """An outbox row, with everything the ``follow.requested`` message needs."""
 
@@ -130,6 +122,19 @@ class FollowToRequest:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What an event did: ``applied`` is False for stale, duplicate or erased ones."""
+
+    applied: bool
+    scope: Scope = field(default_factory=Scope)
+    detail: str = ""
+    ready: tuple[FollowToRequest, ...] = ()
+    """Follow requests of ``scope`` to publish, when read in the event's transaction."""
+    complete: bool = False
+    """``ready`` holds every pending request of ``scope`` (no need to look again)."""
+
+
+@dataclass(frozen=True)
 class ListedMatch:
     """One row of a match list."""
 
@@ -149,6 +154,19 @@ def directions_of(mask: int) -> tuple[Direction, ...]:
 def tombstone_digest(person_id: str) -> str:
     """What is kept of an erased person: a one-way digest of their id."""
     return stable_id("matching-erased", person_id)
+
+
+#: How people of other regions (federation's directory) are known here.
+REMOTE_PREFIX = "federation:"
+
+
+def remote_person_id(region: str, key: str) -> str:
+    """How a person of another region is known here."""
+    return f"{REMOTE_PREFIX}{region}:{key}"
+
+
+def is_remote(person_id: str) -> bool:
+    return person_id.startswith(REMOTE_PREFIX)
 
 
 class MatchingStore:
@@ -175,12 +193,13 @@ class MatchingStore:
     # --- transactions ----------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, lock: bool = True) -> Iterator[Connection]:
         """One write transaction at a time, on a connection kept for writing.
 
         Writes are serialised anyway, so one connection serves them all and no
         pool checkout (with its liveness ping) is paid per event. A connection
-        that fails is dropped; the next write opens a new one.
+        that fails is dropped; the next write opens a new one. ``lock=False``:
+        the first statement takes the advisory lock itself.
         """
         with self._lock:
             if self._writer is None or self._writer.invalidated or self._writer.closed:
@@ -188,7 +207,7 @@ class MatchingStore:
             connection = self._writer
             try:
                 with connection.begin():
-                    if self.dialect == "postgresql":
+                    if lock and self.dialect == "postgresql":
                         connection.execute(
                             text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK}
                         )
@@ -383,7 +402,12 @@ class MatchingStore:
         """Find everyone whose own edges point at this person (an indexed lookup)."""
         if x_id is None or not consenting:
             return
-        params: dict[str, Any] = {"x_id": x_id, "t": person_key, "now": self.clock()}
+        params: dict[str, Any] = {
+            "x_id": x_id,
+            "t": person_key,
+            "now": self.clock(),
+            "fresh_after": self.edges.fresh_after(c),
+        }
         where = "t.person_key = :t"
         if network is not None:
             where += " AND a.network = :n"
@@ -423,6 +447,8 @@ class MatchingStore:
         :meth:`match_all`).
         """
         claimed = claim_to_db(archive.x_account_id)
+        if self.dialect == "postgresql":
+            return self._import_postgres(archive, claimed, batches, match=match)
         with self._write() as c:
             person = self._ensure_person(c, archive.person_id, archive.region)
             if person is None:
@@ -461,6 +487,52 @@ class MatchingStore:
             scope = Scope(owners={key}, targets=claimants | {key})
             return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
 
+    def _import_postgres(
+        self, archive: Archive, claimed: int | None, batches: Iterable[EdgeBatch], *, match: bool
+    ) -> Outcome:
+        """The same as on SQLite, with the bookkeeping in one server-side call
+        (``matching_import_begin``, migration 0004): an archive is then three round
+        trips — that call, the ``COPY`` of its runs, the commit — where it was ten."""
+        with self._write(lock=False) as c:
+            row = c.execute(
+                text(
+                    "SELECT * FROM matching_import_begin(:lock, :pid, :digest, :region, :iid,"
+                    " :sent, :x, :username, :now, :claimed, :disputed, :verified)"
+                ),
+                {
+                    "lock": ADVISORY_LOCK,
+                    "pid": archive.person_id,
+                    "digest": tombstone_digest(archive.person_id),
+                    "region": archive.region,
+                    "iid": archive.import_id,
+                    "sent": archive.sent_at,
+                    "x": claimed,
+                    "username": archive.x_username,
+                    "now": self.clock(),
+                    "claimed": CLAIMED,
+                    "disputed": DISPUTED,
+                    "verified": VERIFIED,
+                },
+            ).one()
+            if row.status != "applied":
+                return Outcome(applied=False, detail=str(row.status))
+            key, import_key = int(row.person_key), int(row.import_key)
+            old_x, old_import = row.old_x, row.old_import
+            if old_import is not None:
+                self.edges.delete(c, int(old_import))
+            stored = self.edges.write(c, import_key, _without_self(batches, claimed))
+            claimants = [int(k) for k in row.claimants]
+            if match:
+                if old_x != claimed:
+                    self._drop_towards(c, key)
+                self._refresh_owner(c, key, import_key, prune=old_import is not None)
+                for target, consenting, x_id in zip(
+                    claimants, row.consenting, row.claimed_x, strict=True
+                ):
+                    self._refresh_target(c, target, int(x_id), consenting=bool(consenting))
+            scope = Scope(owners={key}, targets=set(claimants) | {key})
+            return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
+
     def link_identity(
         self,
         person_id: str,
@@ -469,8 +541,12 @@ class MatchingStore:
         account: str,
         handle: str,
         sent_at: float,
+        *,
+        pending_limit: int = 500,
     ) -> Outcome:
-        """A person proved an account on a network: they become findable there."""
+        """A person proved an account on a network: they become findable there.
+
+        The outcome carries the follow requests to publish (up to ``pending_limit``)."""
         n = NETWORK_CODES[network]
         with self._write() as c:
             person = self._ensure_person(c, person_id, region)
@@ -505,7 +581,8 @@ class MatchingStore:
                 c, key, person["x_id"], consenting=bool(person["consent_matching"]), network=n
             )
             self._refresh_owner(c, key, person["import_key"], network=n)
-            return Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
+            outcome = Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
+            return self._with_pending(c, outcome, pending_limit)
 
     def unlink_identity(
         self, person_id: str, network: Network, account: str, sent_at: float
@@ -715,6 +792,16 @@ class MatchingStore:
         A request whose person has since unlinked the network goes back to
         ``selected`` (there is no actor to follow with).
         """
+        with self.engine.connect() as c:
+            ready, orphans = self._pending(c, scope, limit)
+        if orphans:
+            with self._write() as c:
+                self._drop_orphans(c, orphans)
+        return ready
+
+    def _pending(
+        self, c: Connection, scope: Scope | None, limit: int
+    ) -> tuple[list[FollowToRequest], list[dict[str, int]]]:
         params: dict[str, Any] = {"limit": limit}
         expanding: list[BindParameter[Any]] = []
         if scope is None:
@@ -742,8 +829,7 @@ class MatchingStore:
             " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
             "  AND oa.network = m.network AND oa.account IS NOT NULL"
         ).bindparams(*expanding)
-        with self.engine.connect() as c:
-            rows = c.execute(statement, params).all()
+        rows = c.execute(statement, params).all()
         ready: list[FollowToRequest] = []
         orphans: list[dict[str, int]] = []
         for r in rows:
@@ -763,17 +849,32 @@ class MatchingStore:
                     directions=directions_of(int(r.directions)),
                 )
             )
+        return ready, orphans
+
+    def _drop_orphans(self, c: Connection, orphans: list[dict[str, int]]) -> None:
+        c.execute(
+            text(
+                f"UPDATE matching_match SET state = {SELECTED}, pending = false,"
+                " target_account = NULL"
+                " WHERE person_key = :p AND network = :n AND target_key = :t AND pending"
+            ),
+            orphans,
+        )
+
+    def _with_pending(self, c: Connection, outcome: Outcome, limit: int) -> Outcome:
+        """The outcome, with the follow requests its scope has to publish read in the
+        same transaction (one round trip less for the caller than
+        :meth:`pending_requests` afterwards)."""
+        ready, orphans = self._pending(c, outcome.scope, limit)
         if orphans:
-            with self._write() as c:
-                c.execute(
-                    text(
-                        f"UPDATE matching_match SET state = {SELECTED}, pending = false,"
-                        " target_account = NULL"
-                        " WHERE person_key = :p AND network = :n AND target_key = :t AND pending"
-                    ),
-                    orphans,
-                )
-        return ready
+            self._drop_orphans(c, orphans)
+        return Outcome(
+            applied=outcome.applied,
+            scope=outcome.scope,
+            detail=outcome.detail,
+            ready=tuple(ready),
+            complete=len(ready) + len(orphans) < limit,
+        )
 
     def mark_published(self, keys: Sequence[tuple[int, int, int]]) -> None:
         """The follow requests for these matches reached the stream."""
@@ -981,6 +1082,169 @@ class MatchingStore:
                 {"p": key, "n": n, "now": self.clock()},
             ).rowcount
             return Outcome(applied=True, scope=Scope(owners={key}), detail=str(int(changed)))
+
+    # --- other regions' directory (federation.py) ------------------------------------
+
+    def directory_entries(
+        self, region: str, person_ids: Iterable[str]
+    ) -> dict[str, DirectoryEntry | None]:
+        """What the directory should say of these local people (``None``: nothing)."""
+        ids = sorted({p for p in person_ids if not is_remote(p)})
+        out: dict[str, DirectoryEntry | None] = dict.fromkeys(ids)
+        if not ids:
+            return out
+        statement = text(
+            "SELECT p.person_id, p.x_id, p.trust, p.consent_matching,"
+            " a.network, a.account, a.handle FROM matching_person p"
+            " LEFT JOIN matching_account a ON a.person_key = p.person_key"
+            "  AND a.account IS NOT NULL"
+            " WHERE p.person_id IN :ids ORDER BY p.person_id, a.network"
+        ).bindparams(bindparam("ids", expanding=True))
+        with self.engine.connect() as c:
+            rows = c.execute(statement, {"ids": ids}).all()
+        found: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            if not r.consent_matching or r.x_id is None or r.account is None:
+                continue
+            person = found.setdefault(
+                str(r.person_id), {"x_id": from_db(int(r.x_id)), "trust": r.trust, "accounts": []}
+            )
+            person["accounts"].append(
+                DirectoryAccount(
+                    network=NETWORK_NAMES[int(r.network)],
+                    account=str(r.account),
+                    handle=str(r.handle or r.account),
+                )
+            )
+        for person_id, person in found.items():
+            out[person_id] = DirectoryEntry(
+                region=region,
+                key=directory_key(region, person_id),
+                x_account_id=person["x_id"],
+                trust=person["trust"],
+                accounts=tuple(person["accounts"]),
+            )
+        return out
+
+    def local_people(self, person_keys: Iterable[int]) -> list[str]:
+        """The ids of the people of this region among these keys."""
+        keys = sorted(set(person_keys))
+        if not keys:
+            return []
+        statement = text(
+            "SELECT person_id FROM matching_person WHERE person_key IN :keys"
+        ).bindparams(bindparam("keys", expanding=True))
+        with self.engine.connect() as c:
+            ids = [str(r[0]) for r in c.execute(statement, {"keys": keys})]
+        return [p for p in ids if not is_remote(p)]
+
+    def apply_remote_entry(self, entry: DirectoryEntry) -> Outcome:
+        """Another region's person, as a target of this region's people's matches."""
+        person_id = remote_person_id(entry.region, entry.key)
+        sent_at = entry.sent_at.timestamp()
+        claimed = claim_to_db(entry.x_account_id)
+        with self._write() as c:
+            gone = c.execute(
+                text("SELECT erased_at FROM matching_tombstone WHERE person_digest = :d"),
+                {"d": tombstone_digest(person_id)},
+            ).scalar()
+            if gone is not None and float(gone) >= sent_at:
+                return Outcome(applied=False, detail="erased")
+            if gone is not None:  # withdrawn, and back since
+                c.execute(
+                    text("DELETE FROM matching_tombstone WHERE person_digest = :d"),
+                    {"d": tombstone_digest(person_id)},
+                )
+            person = self._ensure_person(c, person_id, entry.region)
+            assert person is not None  # no tombstone left (handled above)
+            if person["import_sent_at"] is not None and float(person["import_sent_at"]) >= sent_at:
+                return Outcome(applied=False, detail="stale")
+            key, old_x = int(person["person_key"]), person["x_id"]
+            c.execute(
+                text(
+                    "UPDATE matching_person SET x_id = :x, x_verified = :verified,"
+                    " consent_matching = true, consent_auto_follow = false,"
+                    " import_sent_at = :sent, updated_at = :now WHERE person_key = :p"
+                ),
+                {
+                    "x": claimed,
+                    "verified": entry.trust == VERIFIED,
+                    "sent": sent_at,
+                    "now": self.clock(),
+                    "p": key,
+                },
+            )
+            if old_x is not None and old_x != claimed:
+                self._drop_towards(c, key)
+            wanted = {NETWORK_CODES[a.network]: a for a in entry.accounts}
+            held = {
+                int(r.network): r.account
+                for r in c.execute(
+                    text("SELECT network, account FROM matching_account WHERE person_key = :p"),
+                    {"p": key},
+                )
+            }
+            for network in NETWORK_CODES.values():
+                account = wanted.get(network)
+                if held.get(network) is not None and (
+                    account is None or account.account != held[network]
+                ):
+                    self._drop_towards(c, key, network)
+                c.execute(
+                    text(
+                        "INSERT INTO matching_account"
+                        " (person_key, network, account, handle, event_at)"
+                        " VALUES (:p, :n, :account, :handle, :at)"
+                        " ON CONFLICT (person_key, network) DO UPDATE SET"
+                        " account = excluded.account, handle = excluded.handle,"
+                        " event_at = excluded.event_at"
+                    ),
+                    {
+                        "p": key,
+                        "n": network,
+                        "account": account.account if account else None,
+                        "handle": account.handle if account else None,
+                        "at": sent_at,
+                    },
+                )
+            others = self._refresh_claimants(c, old_x, claimed)
+            return Outcome(applied=True, scope=Scope(targets=others | {key}))
+
+    def forget_remote(self, region: str, key: str, sent_at: float) -> Outcome:
+        """Another region's person left: remove them and every match towards them."""
+        person_id = remote_person_id(region, key)
+        with self._write() as c:
+            c.execute(
+                text(
+                    "INSERT INTO matching_tombstone (person_digest, erased_at) VALUES (:d, :at)"
+                    " ON CONFLICT (person_digest) DO UPDATE SET erased_at = excluded.erased_at"
+                    " WHERE matching_tombstone.erased_at < excluded.erased_at"
+                ),
+                {"d": tombstone_digest(person_id), "at": sent_at},
+            )
+            _, person = self._lookup(c, person_id)
+            if person is None:
+                return Outcome(applied=False, detail="unknown")
+            if person["import_sent_at"] is not None and float(person["import_sent_at"]) > sent_at:
+                return Outcome(applied=False, detail="stale")
+            person_key = int(person["person_key"])
+            c.execute(
+                text("DELETE FROM matching_match WHERE person_key = :p OR target_key = :p"),
+                {"p": person_key},
+            )
+            c.execute(text("DELETE FROM matching_account WHERE person_key = :p"), {"p": person_key})
+            c.execute(text("DELETE FROM matching_person WHERE person_key = :p"), {"p": person_key})
+            others = self._refresh_claimants(c, person["x_id"])
+            return Outcome(applied=True, scope=Scope(targets=others))
+
+    # --- the target index ------------------------------------------------------------
+
+    def compact_edges(self) -> int:
+        """Index the edges loaded since the last call (PostgreSQL's segments; see
+        ``edges.PostgresRuns``). Returns how many were indexed. Serialised with the
+        writes, so a lookup never sees an edge twice or not at all."""
+        with self._write() as c:
+            return self.edges.compact(c)
 
     # --- inspection (tests, operators, the benchmark) --------------------------------
 
