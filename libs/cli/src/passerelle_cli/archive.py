@@ -98,7 +98,10 @@ def _ratio(text: str) -> float:
 def _add_limits(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits (default: the service's defaults)")
     limits.add_argument(
-        "--max-archive-bytes", type=_positive_int, metavar="N", help="Largest zip accepted."
+        "--max-archive-bytes",
+        type=_positive_int,
+        metavar="N",
+        help="Largest zip accepted, in bytes.",
     )
     limits.add_argument(
         "--max-inflated-bytes",
