@@ -271,3 +271,24 @@ async def test_a_429_waits_for_the_announced_reset(harness: Harness) -> None:
     assert results["bob@beta.test"].outcome == "followed"
     assert time.monotonic() - started >= 2.0  # not before the reset
     assert summary(harness, "alpha.test", "alice") == {"created": 1}
+
+
+async def test_lanes_needing_the_same_target_look_it_up_once(harness: Harness) -> None:
+    alpha, beta = harness.fleet["alpha.test"], harness.fleet["beta.test"]
+    alpha.create_account("alice")
+    alpha.create_account("erin")
+    beta.create_account("bob")
+    alice = await harness.sign_in("alpha.test", "alice", "p-alice")
+    erin = await harness.sign_in("alpha.test", "erin", "p-erin")
+    # Slow searches: the two lanes are surely looking bob up at the same moment.
+    alpha.inject_fault(path="/api/v2/search", method="GET", latency=1.0, count=None)
+    await asyncio.gather(
+        harness.request_follows("p-alice", alice, ["bob@beta.test"]),
+        harness.request_follows("p-erin", erin, ["bob@beta.test"]),
+    )
+    for person in ("p-alice", "p-erin"):
+        results = await harness.wait_results(person, 1)
+        assert results["bob@beta.test"].outcome == "followed"
+    (rule,) = alpha.inject_faults()  # no new rule: the current ones, with their hits
+    assert rule["hits"] == 1
+    assert {f["account"] for f in alpha.follows()["follows"]} == {"alice", "erin"}

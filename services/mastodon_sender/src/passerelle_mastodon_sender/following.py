@@ -124,6 +124,7 @@ class Follower:
         self._reserved_saved: asyncio.Future[None] | None = None
         self._reservation_task: asyncio.Task[None] | None = None
         self._resolved: dict[tuple[str, str], str] = {}
+        self._searching: dict[tuple[str, str], asyncio.Future[tuple[bool, str | None]]] = {}
         self._buffer: list[Outcome] = []
         self._flush_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -385,7 +386,7 @@ class Follower:
             for row in unknown:
                 target_id = stored.get(row.target)
                 if target_id is None:
-                    target_id = await self._search(account, row.target)
+                    target_id = await self._search_once(account, row.target)
                     if target_id is not None:
                         learnt[row.target] = target_id
                 if target_id is None:
@@ -396,6 +397,29 @@ class Follower:
             await self.db.run(self.ledger.remember, account.domain, learnt, self.clock.now())
         # Keep the batch's order (oldest first).
         return {f: ids[f] for f in batch.open if f in ids}
+
+    async def _search_once(self, account: _Account, target: str) -> str | None:
+        """One search per (instance, target) at a time: lanes of the same instance that
+        need a target another lane is looking up wait for its answer (the answer is the
+        instance's, like the cache); if that search fails, they search themselves."""
+        key = (account.domain, target)
+        pending = self._searching.get(key)
+        if pending is not None:
+            ok, found = await asyncio.shield(pending)
+            if ok:
+                return found
+            return await self._search(account, target)
+        future: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
+        self._searching[key] = future
+        try:
+            found = await self._search(account, target)
+            future.set_result((True, found))
+            return found
+        finally:
+            if not future.done():
+                future.set_result((False, None))
+            if self._searching.get(key) is future:
+                del self._searching[key]
 
     async def _search(self, account: _Account, target: str) -> str | None:
         reply = await self._call(
