@@ -491,8 +491,9 @@ class MatchingStore:
         self, archive: Archive, claimed: int | None, batches: Iterable[EdgeBatch], *, match: bool
     ) -> Outcome:
         """The same as on SQLite, with the bookkeeping in one server-side call
-        (``matching_import_begin``, migration 0004): an archive is then three round
-        trips — that call, the ``COPY`` of its runs, the commit — where it was ten."""
+        (``matching_import_begin``, migration 0004): an archive is then five round
+        trips — ``BEGIN``, that call, the ``COPY`` of its runs (two), the commit —
+        where it was ten."""
         with self._write(lock=False) as c:
             row = c.execute(
                 text(
