@@ -30,8 +30,13 @@ from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store, sto
 from passerelle_bluesky_sender.targets import TargetChecker
 from passerelle_bluesky_sender.xrpc import XrpcClient
 from passerelle_contracts import Event, IdentityUnlinked
-from passerelle_platform.broker import publish_event
+from passerelle_contracts.streams import BLUESKY_FOLLOWS
+from passerelle_platform.broker import BatchConsumer, publish_event
 from passerelle_platform.runtime import ServiceRuntime
+
+#: How long a fetch waits to fill its batch once requests are coming (seconds): a
+#: request arriving during a quiet spell is recorded after at most this long.
+INTAKE_WAIT = 0.2
 
 
 class BlueskySender:
@@ -118,6 +123,15 @@ class BlueskySender:
             )
         if settings.bluesky_clock_speedup != 1.0:
             self.log.warning("fast clock", speedup=settings.bluesky_clock_speedup)
+        # Follow requests come in fetched batches (up to ``intake_batch``), written to
+        # the ledger in one transaction, then acked; per-message handling would cost
+        # more than the follow itself at this volume.
+        self.follow_consumer = BatchConsumer(
+            BLUESKY_FOLLOWS,
+            self.follow_requests,
+            batch=settings.bluesky_intake_batch,
+            fetch_timeout=INTAKE_WAIT,
+        )
         runtime.on_connected.append(self.start)
         runtime.on_shutdown.append(self.stop)
 
@@ -131,8 +145,10 @@ class BlueskySender:
         for account in await asyncio.to_thread(self.store.broken_accounts):
             # Idempotent (Nats-Msg-Id): makes sure a link broken before a crash was told.
             await self._announce_broken(account)
+        await self.follow_consumer.start(self.runtime.broker)
 
     async def stop(self) -> None:
+        await self.follow_consumer.stop()
         if self._metrics_task is not None:
             self._metrics_task.cancel()
             await asyncio.gather(self._metrics_task, return_exceptions=True)
