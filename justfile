@@ -61,10 +61,10 @@ bench name="" *args: setup
     fi
     exec uv run --no-sync python -m "tests.benchmarks.bench_{{ name }}" {{ args }}
 
-# Operations: render and validate every k8s overlay, lint the Dockerfiles, check alert rules and dashboards against what the running services export
-k8s-check: setup
+# Operations: render and validate every k8s overlay, lint the Dockerfiles, check alert rules and dashboards against what the running services export, trace one migration step across processes
+k8s-check: setup peers
     deploy/ops/install-tools
-    uv run --no-sync pytest tests/ops -q -rs
+    uv run --no-sync pytest tests/ops tests/e2e/test_migration_trace.py -q -rs
 
 # Rewrite the files of deploy/ derived from others (the PrometheusRule from the alert rule file)
 ops-generate:
