@@ -347,3 +347,27 @@ def test_newcomers_are_found_through_the_target_index_and_fresh_edges(world: Wor
     world.unlink("zed")
     world.link("zed")
     assert {m for m in world.matches() if m[2] == "zed"} == expected
+
+
+def test_a_backlog_is_indexed_a_segment_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small segments: many compaction passes and merges; every lookup still exact."""
+    from passerelle_matching import edges, store
+
+    monkeypatch.setattr(edges, "SEGMENT_MAX_POSTINGS", 4)
+    monkeypatch.setattr(store, "SEGMENT_MAX_POSTINGS", 4)
+    names = [f"p{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        world.join(name, 100 + i, following=[1, 2, 200 + i, 300 + i], followers=[1])
+    assert world.store.compact_edges() == (12 * 5 if world.store.dialect == "postgresql" else 0)
+    world.join("zed", 1)
+    world.join("amy", 2)
+    found = {m for m in world.matches() if m[2] in ("zed", "amy")}
+    assert found == {(n, "bluesky", "zed", "both", "proposed") for n in names} | {
+        (n, "bluesky", "amy", "following", "proposed") for n in names
+    }
+    if world.store.dialect == "postgresql":
+        with world.store.engine.connect() as c:
+            segments = c.execute(text("SELECT count(*) FROM matching_edge_segment")).scalar_one()
+        assert 1 <= segments <= edges.MAX_SEGMENTS

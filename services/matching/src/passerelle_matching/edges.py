@@ -61,7 +61,8 @@ class EdgeLayout(Protocol):
         """How many edges are stored."""
 
     def compact(self, connection: Connection) -> int:
-        """Index what was loaded since the last call (if the layout defers it)."""
+        """Index (part of) what was loaded since the last call, if the layout defers
+        it; returns how many edges it indexed."""
 
 
 # --- PostgreSQL ----------------------------------------------------------------------
@@ -276,14 +277,10 @@ class PostgresRuns:
     # --- compaction ------------------------------------------------------------------
 
     def compact(self, connection: Connection) -> int:
-        """Index the runs loaded since the last compaction; merge segments. Returns
-        how many postings were indexed (0: nothing to do)."""
-        indexed = 0
-        while True:
-            done = self._compact_once(connection)
-            indexed += done
-            if done < SEGMENT_MAX_POSTINGS:
-                break
+        """Index the runs loaded since the last compaction, up to
+        ``SEGMENT_MAX_POSTINGS`` (more are left for the next call); merge segments.
+        Returns how many postings were indexed (0: nothing to do)."""
+        indexed = self._compact_once(connection)
         while self._merge_due(connection):
             pass
         return indexed

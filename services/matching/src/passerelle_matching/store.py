@@ -46,7 +46,7 @@ from passerelle_contracts import DirectoryAccount, DirectoryEntry, directory_key
 from passerelle_contracts.base import Network, stable_id
 from passerelle_contracts.events import Direction, FollowOutcome, follow_id
 from passerelle_contracts.rpc import MatchState, TrustLevel
-from passerelle_matching.edges import EdgeBatch, EdgeLayout, layout_for
+from passerelle_matching.edges import SEGMENT_MAX_POSTINGS, EdgeBatch, EdgeLayout, layout_for
 from passerelle_matching.ids import claim_to_db, from_db
 from passerelle_matching.models import (
     CLAIMED,
@@ -1243,9 +1243,16 @@ class MatchingStore:
     def compact_edges(self) -> int:
         """Index the edges loaded since the last call (PostgreSQL's segments; see
         ``edges.PostgresRuns``). Returns how many were indexed. Serialised with the
-        writes, so a lookup never sees an edge twice or not at all."""
-        with self._write() as c:
-            return self.edges.compact(c)
+        writes, so a lookup never sees an edge twice or not at all. A large backlog
+        (a bulk load, a migrated database) goes in several transactions, so the
+        writes wait for one segment's worth at a time, never for all of it."""
+        indexed = 0
+        while True:
+            with self._write() as c:
+                done = self.edges.compact(c)
+            indexed += done
+            if done < SEGMENT_MAX_POSTINGS:
+                return indexed
 
     # --- inspection (tests, operators, the benchmark) --------------------------------
 
