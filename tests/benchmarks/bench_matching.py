@@ -13,8 +13,10 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
    code (the 1,000 newcomers consent but link later);
 2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
    loaded by ``MatchingStore.import_archive`` — the code the ``archive.imported``
-   handler runs after fetching the objects — then ``ANALYZE`` (so the planner
-   knows the edges and uses their index);
+   handler runs after fetching the objects, with ``match=False`` (the matching
+   is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
+   compactor does at its next tick: the target index) and ``ANALYZE``; all of it
+   counts as the load;
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
    unindexed table, from CSV (as the issue measured) and from binary;
 4. **full match**: ``MatchingStore.match_all`` (every match, in one statement);
@@ -24,8 +26,10 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
    latency of each includes its PubAcks.
 
 The population is generated first in a child process (so that this process's
-peak RSS is the service's, not the generator's). The last line printed is one
-JSON object.
+peak RSS is the service's, not the generator's). Each target is printed as
+measured / target (≤ 1 is met), with CPU seconds (this process and every
+PostgreSQL process) beside wall seconds, and the load average. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
