@@ -44,6 +44,40 @@ class Edge:
 EdgeFactory = Callable[..., Any]
 
 
+async def start_edge(nats_url: str, root: Path, **overrides: Any) -> Edge:
+    """Start an edge on ``nats_url`` with its data and uploads under ``root``."""
+    settings = Settings(
+        env="dev",
+        nats_url=nats_url,
+        data_dir=root / "data",
+        upload_tmp_dir=root / "uploads",
+        **overrides,
+    )
+    app, runtime = create_app(settings)
+    await runtime.start()
+    for _ in range(200):
+        if runtime.health().status == "up":
+            break
+        await asyncio.sleep(0.05)
+    assert runtime.engine is not None
+    people = People(runtime.engine)
+    person = people.sign_in("bluesky", "did:plc:alice", "alice.test")
+    signer = SessionSigner(settings.secret_key, 3600)
+    session = Session(person.id)
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://edge",
+        cookies={COOKIE: signer.dumps(session)},
+        headers={"X-CSRF-Token": signer.csrf_token(session)},
+    )
+    return Edge(runtime, client, person.id, signer.csrf_token(session), settings, people)
+
+
+async def stop_edge(edge: Edge) -> None:
+    await edge.client.aclose()
+    await edge.runtime.stop()
+
+
 @pytest.fixture
 async def edge_factory(
     nats_server: NatsServer, tmp_path: Path
@@ -51,38 +85,13 @@ async def edge_factory(
     started: list[Edge] = []
 
     async def make(**overrides: Any) -> Edge:
-        settings = Settings(
-            env="dev",
-            nats_url=nats_server.url,
-            data_dir=tmp_path / "data",
-            upload_tmp_dir=tmp_path / "uploads",
-            **overrides,
-        )
-        app, runtime = create_app(settings)
-        await runtime.start()
-        for _ in range(200):
-            if runtime.health().status == "up":
-                break
-            await asyncio.sleep(0.05)
-        assert runtime.engine is not None
-        people = People(runtime.engine)
-        person = people.sign_in("bluesky", "did:plc:alice", "alice.test")
-        signer = SessionSigner(settings.secret_key, 3600)
-        session = Session(person.id)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://edge",
-            cookies={COOKIE: signer.dumps(session)},
-            headers={"X-CSRF-Token": signer.csrf_token(session)},
-        )
-        edge = Edge(runtime, client, person.id, signer.csrf_token(session), settings, people)
+        edge = await start_edge(nats_server.url, tmp_path, **overrides)
         started.append(edge)
         return edge
 
     yield make
     for edge in started:
-        await edge.client.aclose()
-        await edge.runtime.stop()
+        await stop_edge(edge)
 
 
 @pytest.fixture

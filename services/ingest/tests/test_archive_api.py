@@ -1,5 +1,6 @@
 """POST /api/archive on a real nats-server: one event per import, edges in the Object Store,
-bad archives refused with a clear error and nothing stored."""
+bad uploads refused with a clear error and nothing stored (every variant and every hostile
+archive of the corpus: test_archive_api_corpus.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from passerelle_contracts import ArchiveImported
 from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET, ARCHIVES
 from passerelle_xarchive import iter_payload_ids
 from services.ingest.tests.conftest import Edge
-from tests.support.archivegen import ArchiveSpec, archive_bytes, extracted_files, hostile_corpus
+from tests.support.archivegen import ArchiveSpec, archive_bytes, extracted_files
 
 #: The reader's limits, as the edge's settings name them (every hostile case's limit).
 SETTING_FOR_LIMIT = {
@@ -117,29 +118,6 @@ async def test_unexpected_extracted_file_is_refused(edge: Edge) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unexpected_file"
     assert await stream_messages(edge) == []
-
-
-async def test_hostile_archives_get_a_clear_error_and_nothing_is_stored(
-    edge_factory: Any, tmp_path: Path
-) -> None:
-    cases = hostile_corpus(tmp_path / "hostile")
-    edges: dict[tuple[tuple[str, Any], ...], Edge] = {}
-    for case in cases:
-        key = tuple(sorted(case.limits.items()))
-        if key not in edges:
-            overrides = {SETTING_FOR_LIMIT[k]: v for k, v in case.limits.items()}
-            edges[key] = await edge_factory(**overrides)
-        edge = edges[key]
-        response = await upload_zip(edge, case.path.read_bytes())
-        assert 400 <= response.status_code < 500, (case.name, response.text)
-        error = response.json()["error"]
-        assert error["code"] == case.code, case.name
-        assert error["message"], case.name
-        assert leftovers(edge) == [], case.name
-    for edge in edges.values():
-        assert await stream_messages(edge) == []
-        with edge.people.engine.connect() as db:
-            assert db.execute(text("SELECT count(*) FROM ingest_archive_import")).scalar() == 0
 
 
 async def test_an_upload_over_the_size_limit_is_refused_before_reading(edge_factory: Any) -> None:

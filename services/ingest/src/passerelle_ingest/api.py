@@ -5,6 +5,7 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
+from starlette.types import Message
 
 from passerelle_ingest.auth import Auth
 from passerelle_ingest.errors import ARCHIVE_STATUS, UPLOAD_STATUS, ApiError
@@ -110,8 +111,7 @@ def build_api(
     ) -> ImportAccepted:
         """Upload the whole zip (field ``archive``) or the extracted files (field ``files``)."""
         try:
-            importer.check_declared_size(int(request.headers.get("content-length") or 0))
-            form = await request.form(max_files=settings.max_upload_files, max_fields=10)
+            form = await read_upload_form(request, importer, settings.max_upload_files)
             try:
                 archives, files = form_uploads(form)
                 outcome = await importer.import_upload(session.person_id, archives, files)
@@ -158,6 +158,30 @@ def build_api(
         return response
 
     return router
+
+
+async def read_upload_form(request: Request, importer: ArchiveImporter, max_files: int) -> FormData:
+    """The upload's form, refused (``archive_too_large``) as soon as it is over the limit.
+
+    The declared ``Content-Length`` is checked first; a chunked upload declares
+    none, so the body is also counted while Starlette spools it, and the upload
+    is abandoned at the first chunk past the limit: Starlette then closes the
+    spooled files (anonymous temporary files, gone once closed).
+    """
+    importer.check_declared_size(int(request.headers.get("content-length") or 0))
+    receive = request.receive
+    received = 0
+
+    async def counted_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            importer.check_declared_size(received)
+        return message
+
+    counted = Request(request.scope, counted_receive)
+    return await counted.form(max_files=max_files, max_fields=10)
 
 
 def form_uploads(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 from faststream.nats import NatsBroker
 from sqlalchemy import Engine
@@ -75,6 +76,55 @@ class ImportUnavailableError(Exception):
     """NATS could not take the payload or the event: nothing was stored, retry later."""
 
 
+class ImportAbandonedError(Exception):
+    """The request went away while its archive was parsed: the parsing thread stops."""
+
+
+def _stop_if_abandoned(abandoned: threading.Event) -> None:
+    if abandoned.is_set():
+        raise ImportAbandonedError
+
+
+class _AbandonableStream:
+    """An upload stream that stops the parsing thread once the request has gone.
+
+    The reader reads and seeks in a worker thread that asyncio cannot cancel; each
+    read first checks whether anyone still wants the result, so a cancelled upload
+    does not keep a thread busy (and the upload's files open) to the end.
+    """
+
+    def __init__(self, stream: BinaryIO, abandoned: threading.Event) -> None:
+        self._stream = stream
+        self._abandoned = abandoned
+
+    def read(self, size: int = -1) -> bytes:
+        _stop_if_abandoned(self._abandoned)
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        _stop_if_abandoned(self._abandoned)
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def readable(self) -> bool:
+        return True
+
+    def as_binary(self) -> BinaryIO:
+        # The reader uses only read/seek/tell/seekable of a BinaryIO.
+        return cast(BinaryIO, self)
+
+
+def _remove_parsed(work: asyncio.Future[ParsedArchive]) -> None:
+    """Remove the payload files of a parse nobody waits for any more (once it ends)."""
+    if not work.cancelled() and work.exception() is None:
+        work.result().remove()
+
+
 class ArchiveImporter:
     """Turns an uploaded archive (a zip or extracted members) into an ``archive.imported``."""
 
@@ -95,7 +145,7 @@ class ArchiveImporter:
         self.tmp_dir = tmp_dir
 
     def check_declared_size(self, declared_bytes: int) -> None:
-        """Refuse an upload whose announced size is over the limit, before reading it."""
+        """Refuse an upload whose announced (or so far received) size is over the limit."""
         if declared_bytes > self.limits.max_archive_bytes:
             self._rejected("archive_too_large")
             raise UploadRejectedError("archive_too_large")
@@ -151,25 +201,53 @@ class ArchiveImporter:
 
     async def import_zip(self, person_id: str, archive: BinaryIO) -> ImportOutcome:
         """Import a whole X archive zip (a seekable stream spooled to disk, never in memory)."""
-        parsed = await asyncio.to_thread(self._parse, archive, None)
+        parsed = await self._parse_in_thread(archive, None)
         return await self._store(person_id, parsed)
 
     async def import_members(
         self, person_id: str, members: list[tuple[str, BinaryIO]]
     ) -> ImportOutcome:
         """Import the members a browser extracted (``account.js``, ``follower*.js``…)."""
-        parsed = await asyncio.to_thread(self._parse, None, members)
+        parsed = await self._parse_in_thread(None, members)
         return await self._store(person_id, parsed)
 
-    def _parse(
+    async def _parse_in_thread(
         self, archive: BinaryIO | None, members: list[tuple[str, BinaryIO]] | None
+    ) -> ParsedArchive:
+        """Parse in a worker thread; if the request is cancelled meanwhile, nothing stays.
+
+        A thread cannot be cancelled: ``asyncio.to_thread`` alone would let it run on
+        and leave its payload files behind. Here the thread is told to stop, its end is
+        awaited (the upload's files must stay open while it reads them), and whatever
+        it produced is removed when it ends, even if this wait is cancelled too.
+        """
+        abandoned = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(self._parse, archive, members, abandoned))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            abandoned.set()
+            work.add_done_callback(_remove_parsed)
+            await asyncio.wait([work])
+            raise
+
+    def _parse(
+        self,
+        archive: BinaryIO | None,
+        members: list[tuple[str, BinaryIO]] | None,
+        abandoned: threading.Event,
     ) -> ParsedArchive:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         if archive is not None:
-            contents = read_archive(archive, limits=self.limits, temp_dir=self.tmp_dir)
+            source = _AbandonableStream(archive, abandoned).as_binary()
+            contents = read_archive(source, limits=self.limits, temp_dir=self.tmp_dir)
         else:
             assert members is not None
-            contents = read_extracted_files(members, limits=self.limits, temp_dir=self.tmp_dir)
+            streams = [
+                (name, _AbandonableStream(stream, abandoned).as_binary())
+                for name, stream in members
+            ]
+            contents = read_extracted_files(streams, limits=self.limits, temp_dir=self.tmp_dir)
         with contents:
             digest = hashlib.sha256()
             paths: list[Path] = []
@@ -181,6 +259,7 @@ class ArchiveImporter:
                     paths.append(Path(handle.name))
                     with handle:
                         for chunk in edges.iter_payload():
+                            _stop_if_abandoned(abandoned)
                             digest.update(chunk)
                             handle.write(chunk)
                 return ParsedArchive(
