@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats.js.errors
 import pytest
 import pytest_asyncio
+import uvicorn
 from sqlalchemy import text
 
 from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET, ARCHIVES
@@ -41,6 +43,7 @@ from tests.support.archivegen import (
     hostile_spec_variants,
 )
 from tests.support.nats import NatsServer
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -338,3 +341,48 @@ async def test_parse_finishing_after_cancellation_leaves_no_payload_files(edges:
     await asyncio.sleep(0)  # the done-callback runs on the loop right after the thread
     assert leftovers(edge) == []
     assert import_rows(edge, person.id) == 0
+
+
+async def test_chunked_upload_over_the_limit_over_a_real_socket(edges: Edges) -> None:
+    """Through uvicorn on TCP, as in production: the client still gets the 413.
+
+    (uvicorn reads and discards the rest of a body its app no longer wants:
+    nothing of it reaches the disk nor stays in memory.)
+    """
+    edge = await edges.get(max_upload_bytes=200_000)
+    app = edge.client._transport.app  # type: ignore[attr-defined]  # noqa: SLF001 - same app
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield (
+                b'--b\r\nContent-Disposition: form-data; name=archive; filename="twitter.zip"'
+                b"\r\n\r\n"
+            )
+            for _ in range(128):  # 2 MiB, ten times the limit
+                yield b"x" * 16_384
+            yield b"\r\n--b--\r\n"
+
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            cookies=edge.client.cookies,
+            headers={"X-CSRF-Token": edge.csrf},
+            timeout=60,
+        ) as client:
+            response = await client.post(
+                "/api/archive",
+                content=body(),
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["code"] == "archive_too_large"
+        assert leftovers(edge) == []
+    finally:
+        server.should_exit = True
+        await serving
