@@ -213,3 +213,24 @@ async def test_resumes_after_each_reset_on_a_fast_clock(
     for i, (window, after) in enumerate(waits, start=1):
         due = applied[after][1] + window
         assert due <= applied[i][0] <= due + 1.5 * speedup, (i, timeline)
+
+
+async def test_too_many_sign_ins_get_a_clear_error_from_the_real_pds(
+    pds_rate_limited: LocalPds, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """createSession is limited to 30 per 5 minutes per account (failed ones count)."""
+    pds = pds_rate_limited
+    me = pds.create_account()
+    sender = start_sender(nats_server, tmp_path, sender_env(pds.url, pds.plc_url))
+    try:
+        async with bus(nats_server.url) as b:
+            wrong = [await b.link(me.handle, "aaaa-bbbb-cccc-dddd", None) for _ in range(30)]
+            refused = await b.link(me.handle, me.app_password, new_person())
+    finally:
+        sender.stop()
+    assert {r.error.code for r in wrong if r.error is not None} == {"wrong_password"}
+    assert all(r.error is not None for r in wrong)
+    assert refused.account is None
+    assert refused.error is not None
+    assert refused.error.code == "rate_limited"
+    assert "minutes" in refused.error.message  # when to try again
