@@ -40,9 +40,60 @@ def configmap(overlay: str, prefix: str) -> dict[str, str]:
     return data
 
 
+#: Every kind that runs pods. The lockdown and secret checks below go through all of
+#: them in every overlay, so a workload added later is checked without being named.
+LONG_RUNNING_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+RUN_TO_COMPLETION_KINDS = frozenset({"Job", "CronJob"})
+WORKLOAD_KINDS = LONG_RUNNING_KINDS | RUN_TO_COMPLETION_KINDS | {"Pod"}
+#: Names that say "secret": such a variable never gets an inline value or a ConfigMap's.
+SECRET_NAME = re.compile(r"SECRET|KEYS?$|PASSWORD|PASSWD|DATABASE_URL|TOKEN|CREDENTIAL")
+#: A URL with credentials in it (scheme://user:password@host).
+URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://([^/@\s]+)@", re.IGNORECASE)
+#: Long-running containers without probes, and why that is right.
+WITHOUT_PROBES = {
+    ("nats", "exporter"): "metrics sidecar: when it fails, its scrape does (up == 0)",
+}
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec a workload of any kind runs."""
+    if obj["kind"] == "Pod":
+        spec: dict[str, Any] = obj["spec"]
+    elif obj["kind"] == "CronJob":
+        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    else:
+        spec = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def holds_containers(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "containers" in node or any(holds_containers(v) for v in node.values())
+    if isinstance(node, list):
+        return any(holds_containers(v) for v in node)
+    return False
+
+
+def workloads(overlay: str) -> list[dict[str, Any]]:
+    """Every object of the overlay that runs pods, whatever its kind."""
+    found = [o for o in objects(overlay) if o["kind"] in WORKLOAD_KINDS]
+    # A kind not listed above that still carries containers would escape every check.
+    strays = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in objects(overlay)
+        if o["kind"] not in WORKLOAD_KINDS and holds_containers(o.get("spec"))
+    ]
+    assert not strays, f"{overlay}: pods of a kind the checks do not know: {strays}"
+    return found
+
+
 def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = obj["spec"]["template"]["spec"]
-    return [*spec.get("initContainers", []), *spec["containers"]]
+    spec = pod_spec(obj)
+    return [
+        *spec.get("initContainers", []),
+        *spec["containers"],
+        *spec.get("ephemeralContainers", []),
+    ]
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -108,18 +159,7 @@ def test_services_run_as_the_docs_say(overlay: str) -> None:
         assert env["PASSERELLE_HTTP_PORT"]["value"] == str(port)
         database = env["PASSERELLE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert database == {"name": f"pg-{name}-app", "key": "uri"}
-        for var, entry in env.items():
-            if re.search(r"SECRET|KEYS?$|PASSWORD|DATABASE_URL|TOKEN", var):
-                assert "value" not in entry, f"{name}: {var} must come from a Secret"
-        secrets = {
-            v["valueFrom"]["secretKeyRef"]["name"]
-            for v in env.values()
-            if "secretKeyRef" in v.get("valueFrom", {})
-        }
-        expected = {"ingest": {"passerelle-ingest"}, "matching": set()}.get(
-            name, {f"passerelle-{name}"}
-        )
-        assert secrets == {f"pg-{name}-app"} | expected, name
+        # Which Secrets each service reads (env and envFrom): test_secrets_come_from_secrets.
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert labels["passerelle.io/service"] == service
         assert labels["passerelle.io/region"] == overlay
@@ -134,24 +174,171 @@ def test_services_run_as_the_docs_say(overlay: str) -> None:
     assert re.fullmatch(r"[a-z][a-z0-9-]{0,31}", config["PASSERELLE_REGION"])
 
 
+def expected_workloads(overlay: str) -> set[str]:
+    """The workloads an overlay must at least have (so the checks below cannot pass on
+    an empty rendering); any other workload is checked all the same."""
+    base = {*SERVICES, "otel-collector", "nats"}
+    return base | {"federation-hub"} if overlay == "hub" else base
+
+
+def expected_secrets(overlay: str, workload: str) -> set[str]:
+    """The Secrets each workload reads, as docs/operations.md lists them."""
+    if workload in SERVICES:
+        # A region's matching reaches its FEDERATION account (envFrom, leaf-remote).
+        matching = {"passerelle-federation"} if overlay != "hub" else set()
+        own = {"ingest": {"passerelle-ingest"}, "matching": matching}.get(
+            workload, {f"passerelle-{workload}"}
+        )
+        return {f"pg-{workload}-app"} | own
+    if workload == "nats":
+        return (
+            {"nats-leafnodes", "nats-leafnodes-tls"} if overlay == "hub" else {"nats-leaf-remote"}
+        )
+    if workload == "federation-hub":  # the FEDERATION account's administrator
+        return {"nats-leafnodes"}
+    return set()
+
+
+def secret_mounts(obj: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """Where the container sees Secrets as files."""
+    secret_volumes = {
+        v["name"] for v in pod_spec(obj).get("volumes", []) if "secret" in v or "projected" in v
+    }
+    return [
+        m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_volumes
+    ]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_container_is_locked_down_and_sized(overlay: str) -> None:
-    workloads = [o for o in objects(overlay) if o["kind"] in {"Deployment", "StatefulSet"}]
-    assert len(workloads) == 6  # four services, the collector, NATS
-    for workload in workloads:
-        pod = workload["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+def test_secrets_come_from_secrets(overlay: str) -> None:
+    """In every workload of every kind: a secret-looking variable comes from a Secret
+    (``secretKeyRef``), or names a file of a mounted Secret; never an inline value nor
+    a ConfigMap, whether through ``env`` or through ``envFrom``. No ConfigMap a
+    container loads whole holds a secret-looking key or a URL with credentials, and
+    a URL with credentials is only ever assembled from variables read from Secrets.
+    Each workload reads exactly the Secrets the operations guide lists."""
+    configmaps = {o["metadata"]["name"]: o for o in objects(overlay) if o["kind"] == "ConfigMap"}
+    names = {w["metadata"]["name"] for w in workloads(overlay)}
+    assert expected_workloads(overlay) <= names, overlay
+    for workload in workloads(overlay):
+        name = workload["metadata"]["name"]
+        read: set[str] = set()
         for container in containers(workload):
-            where = f"{workload['metadata']['name']}/{container['name']}"
+            where = f"{overlay}: {name}/{container['name']}"
+            env = env_of(container)
+            from_secrets = {
+                var for var, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            read |= {env[var]["valueFrom"]["secretKeyRef"]["name"] for var in from_secrets}
+            mounts = secret_mounts(workload, container)
+            for var, entry in env.items():
+                value = entry.get("value")
+                if SECRET_NAME.search(var) and var not in from_secrets:
+                    assert value is not None, f"{where}: {var} must come from a Secret"
+                    assert any(value.startswith(m.rstrip("/") + "/") for m in mounts), (
+                        f"{where}: {var} must come from a Secret, not an inline value"
+                    )
+                for userinfo in URL_WITH_CREDENTIALS.findall(value or ""):
+                    parts = re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", userinfo)
+                    bare = re.sub(r"\$\([A-Za-z_][A-Za-z0-9_]*\)|:", "", userinfo)
+                    inline = f"{where}: {var} has credentials inline; build them from Secrets"
+                    assert parts, inline
+                    assert not bare, inline
+                    assert set(parts) <= from_secrets, inline
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    read.add(source["secretRef"]["name"])
+                    assert not source["secretRef"].get("optional"), f"{where}: required"
+                    continue
+                ref = source["configMapRef"]["name"]
+                assert ref in configmaps, f"{where}: ConfigMap {ref} is not in the overlay"
+                for key, value in configmaps[ref].get("data", {}).items():
+                    var = source.get("prefix", "") + key
+                    assert not SECRET_NAME.search(var), f"{where}: {var} from ConfigMap {ref}"
+                    assert not URL_WITH_CREDENTIALS.search(value), f"{where}: {ref}/{key}"
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                read.add(volume["secret"]["secretName"])
+            for projected in volume.get("projected", {}).get("sources", []):
+                if "secret" in projected:
+                    read.add(projected["secret"]["name"])
+        assert read == expected_secrets(overlay, name), (overlay, name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_workload_is_locked_down_and_sized(overlay: str) -> None:
+    """Every workload of every kind (Deployments, StatefulSets, Jobs and CronJobs'
+    pod templates, ...), not a counted list: non-root, RuntimeDefault seccomp, no
+    host namespaces, no service account token; each container with a read-only root
+    filesystem, no privilege escalation, all capabilities dropped, CPU and memory
+    requests and limits, a pinned image; long-running ones with readiness and
+    liveness probes (exceptions named in WITHOUT_PROBES), run-to-completion ones
+    bounded in time and never run twice at once."""
+    found = workloads(overlay)
+    assert expected_workloads(overlay) <= {w["metadata"]["name"] for w in found}, overlay
+    for workload in found:
+        kind, name = workload["kind"], workload["metadata"]["name"]
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"].get("runAsUser", 1) != 0, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod.get("automountServiceAccountToken") is False, f"{name}: no API token"
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not pod.get(host), f"{name}: {host}"
+        for container in containers(workload):
+            where = f"{overlay}: {kind} {name}/{container['name']}"
             security = container["securityContext"]
             assert security["allowPrivilegeEscalation"] is False, where
             assert security["readOnlyRootFilesystem"] is True, where
             assert security["capabilities"]["drop"] == ["ALL"], where
+            assert not security["capabilities"].get("add"), where
+            assert not security.get("privileged"), where
+            assert security.get("runAsNonRoot", True) is True, where
+            assert security.get("runAsUser", 1) != 0, where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), where
             assert ":" in container["image"], f"{where}: pin the image"
             assert not container["image"].endswith(":latest"), where
+            probes = {p for p in ("readinessProbe", "livenessProbe") if p in container}
+            if kind in RUN_TO_COMPLETION_KINDS:
+                assert not probes, f"{where}: a job is done when it exits"
+            elif (name, container["name"]) not in WITHOUT_PROBES and container in pod["containers"]:
+                assert probes == {"readinessProbe", "livenessProbe"}, where
+        if kind in RUN_TO_COMPLETION_KINDS:
+            job = workload["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else workload["spec"]
+            assert pod["restartPolicy"] in {"Never", "OnFailure"}, name
+            assert job["activeDeadlineSeconds"] > 0, f"{name}: a stuck run must end"
+            assert job["backoffLimit"] <= 6, name
+        if kind == "CronJob":
+            assert workload["spec"]["concurrencyPolicy"] == "Forbid", f"{name}: one run at a time"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_federation_hub_cronjob(overlay: str) -> None:
+    """The hub's federation job runs every two minutes (so an erased entry leaves the
+    hub's disk within about two minutes, docs/operations.md) on the hub only, as the
+    FEDERATION account's administrator, and the NATS NetworkPolicy admits it."""
+    cronjobs = by_kind(overlay, "CronJob")
+    if overlay != "hub":
+        assert not cronjobs
+        return
+    cronjob = cronjobs["federation-hub"]
+    assert cronjob["spec"]["schedule"] == "*/2 * * * *"
+    (container,) = pod_spec(cronjob)["containers"]
+    assert container["image"].startswith("passerelle/matching:")
+    assert container["args"][0] == "hub"
+    assert "--until-idle" in container["args"]
+    env = env_of(container)
+    assert env["HUB_NATS_URL"]["value"].endswith("@nats:4222")
+    regions = configmap(overlay, "federation-hub")["regions"].split(",")
+    assert sorted(regions) == sorted(o for o in OVERLAYS if o != "hub")
+    members = configmap(overlay, "nats-config")["federation-members.conf"]
+    for region in regions:  # each member region has its own leaf user, with a bcrypt hash
+        assert re.search(rf'user: leaf-{region}\s+password: "\$2[aby]\$1[1-9]\$', members), (
+            f"no bcrypt-hashed leaf user for {region}"
+        )
+    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["passerelle.io/nats-client"] == "true"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -357,6 +544,7 @@ def test_operations_guide_names_every_secret_and_overlay() -> None:
                 re.findall(r'"secretKeyRef": \{"name": "([^"]+)", "key": "([^"]+)"\}', text)
             )
             secrets |= {(n, "") for n in re.findall(r'"secretName": "([^"]+)"', text)}
+            secrets |= {(n, "") for n in re.findall(r'"secretRef": \{"name": "([^"]+)"\}', text)}
             if obj["kind"] == "ObjectStore":
                 creds = obj["spec"]["configuration"]["s3Credentials"]
                 secrets |= {(c["name"], c["key"]) for c in creds.values()}
@@ -365,6 +553,12 @@ def test_operations_guide_names_every_secret_and_overlay() -> None:
         assert f"`{name}`" in guide, f"docs/operations.md does not name the Secret {name}"
         if key:
             assert f"`{key}`" in guide, f"docs/operations.md does not name key {key} of {name}"
+    # Secrets loaded whole (envFrom): their keys are the variables the service reads.
+    from passerelle_matching.federation import FederationSettings
+
+    assert "federation_nats_url" in FederationSettings.model_fields
+    assert FederationSettings.model_config.get("env_prefix") == "PASSERELLE_"
+    assert "`PASSERELLE_FEDERATION_NATS_URL`" in guide
 
 
 def test_operator_tools_pass_kubernetes_validate_strict() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops.promql import metric_names
 from tests.ops.queries import (
     DASHBOARDS,
     RULES,
@@ -18,6 +19,7 @@ from tests.ops.queries import (
     dashboard_queries,
     dashboards,
     panels,
+    rule_queries,
 )
 from tests.ops.tools import ROOT, ops_python, require, run, yaml_documents
 
@@ -183,3 +185,44 @@ def test_alert_links_point_at_sections_of_the_guide() -> None:
     groups = yaml_documents(RULES.read_text())[0]["groups"]
     for alert in (r["alert"] for g in groups for r in g["rules"] if "alert" in r):
         assert f"`{alert}`" in guide, f"docs/operations.md does not explain {alert}"
+
+
+def metrics_section() -> tuple[set[str], set[str]]:
+    """The ``passerelle_*`` names docs/operations.md's *Metrics* section says are
+    exported, and those its *Not exported yet* table plans."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    exported, planned = section.split("**Not exported yet**", 1)
+    names = re.compile(r"`(passerelle_[a-z0-9_]+)")
+    return set(names.findall(exported)), set(names.findall(planned))
+
+
+def defined_metric_names() -> set[str]:
+    """Every ``passerelle_*`` name a service or library passes to prometheus_client."""
+    sources = [*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py")]
+    found: set[str] = set()
+    for path in sources:
+        found |= set(re.findall(r'"(passerelle_[a-z0-9_]+)"', path.read_text()))
+    return found
+
+
+def test_the_guide_says_honestly_what_is_exported() -> None:
+    """What the guide lists as exported is defined in the code; what it lists as not
+    exported yet is not, is on no dashboard or rule, and the funnel says so. When a
+    planned metric lands, this fails until the guide and the funnel show it."""
+    exported, planned = metrics_section()
+    defined = defined_metric_names()
+    assert len(exported) > 20, "the guide's list of exported metrics was not found"
+    assert not exported - defined, f"the guide lists metrics nothing defines: {exported - defined}"
+    assert planned, "the guide's table of metrics not exported yet was not found"
+    landed = planned & defined
+    assert not landed, (
+        f"{sorted(landed)} are exported now: move them out of 'Not exported yet' in "
+        "docs/operations.md, put them on the funnel and drop them from its text panel"
+    )
+    used = {n for _, expr in [*dashboard_queries(), *rule_queries()] for n in metric_names(expr)}
+    assert not planned & used, "a dashboard or rule reads a metric nothing exports"
+    funnel = json.loads((DASHBOARDS / "passerelle-funnel.json").read_text())
+    notes = " ".join(p["options"]["content"] for p in panels(funnel) if p.get("type") == "text")
+    for name in planned:
+        assert name in notes, f"the funnel's 'Not exported yet' panel does not name {name}"
