@@ -109,6 +109,23 @@ async def test_archives_and_links_in_any_order_redelivered_request_each_follow_o
         await ingest.settled()
         assert seen(await ingest.follow_requests()) == expected()
 
+        # The gauges count every match once per direction, and each request once.
+        await matching.count_totals()
+        registry = matching.runtime.metrics.registry
+        totals = await asyncio.to_thread(matching.store.totals)
+        for network in ("bluesky", "mastodon"):
+            for direction in ("following", "follower"):
+                want = sum(n for net, dirs, _, n in totals if net == network and direction in dirs)
+                labels = {"network": network, "direction": direction}
+                assert registry.get_sample_value("passerelle_matching_matches", labels) == want
+        requested = [
+            registry.get_sample_value(
+                "passerelle_matching_follow_requests", {"network": n, "state": "requested"}
+            )
+            for n in ("bluesky", "mastodon")
+        ]
+        assert sum(v or 0 for v in requested) == sum(expected().values())
+
 
 async def test_the_edge_reads_selects_and_requests_over_request_reply(
     nats_server: NatsServer, database_url: str, tmp_path: Path

@@ -262,6 +262,14 @@ def test_selection_list_summary_and_requests(world: World) -> None:
     assert store.request_follows("alice", "mastodon").detail == "not linked"
     assert store.summary("nobody") == []
 
+    # Everyone's totals (the metrics): alice's five, bob mutual with one row; bob,
+    # carol, dave, mallory and mallet followed nobody.
+    totals = store.totals()
+    assert sum(n for *_, n in totals) == 5
+    assert ("bluesky", ("following", "follower"), "requested", 1) in totals
+    assert ("bluesky", ("following",), "requested", 2) in totals
+    assert ("bluesky", ("following",), "declined", 1) in totals
+
 
 def test_erasure_leaves_no_trace(trusting_world: World) -> None:
     world = trusting_world

@@ -17,12 +17,13 @@ import tempfile
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from opentelemetry import propagate
 from prometheus_client import Counter, Gauge, Histogram
 
 from passerelle_contracts import (
+    NETWORKS,
     ArchiveImported,
     BlueskyFollowRequested,
     ConsentChanged,
@@ -41,6 +42,7 @@ from passerelle_contracts.rpc import (
     MatchListRequest,
     MatchRequestFollows,
     MatchSelectRequest,
+    MatchState,
     MatchSummaryReply,
     MatchSummaryRequest,
 )
@@ -89,6 +91,18 @@ class MatchingMetrics:
             ["network"],
             registry=registry,
         )
+        self.matches = Gauge(
+            "passerelle_matching_matches",
+            "People found on a network, per direction (a mutual match counts in both).",
+            ["network", "direction"],
+            registry=registry,
+        )
+        self.follow_requests = Gauge(
+            "passerelle_matching_follow_requests",
+            "Matches per network and state (proposed, selected, requested, followed, ...).",
+            ["network", "state"],
+            registry=registry,
+        )
         trust = Gauge(
             "passerelle_matching_trust_archive_claims",
             "1 when X identities claimed by an archive alone are auto-followed.",
@@ -120,6 +134,7 @@ class MatchingService:
         self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
+        self._counter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
         self._js: Any = None
         self._js_connection: Any = None
@@ -392,14 +407,44 @@ class MatchingService:
             self._compactor = asyncio.create_task(
                 self._compact_forever(), name="matching-compaction"
             )
+        if self._counter is None:
+            self._counter = asyncio.create_task(self._count_forever(), name="matching-totals")
 
     async def stop_drainer(self) -> None:
-        for task in (self._drainer, self._compactor):
+        for task in (self._drainer, self._compactor, self._counter):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._drainer = self._compactor = None
+        self._drainer = self._compactor = self._counter = None
+
+    async def count_totals(self) -> None:
+        """Set the match and follow-request gauges from the database (every replica
+        reports the same totals: aggregate them with ``max``, not ``sum``)."""
+        totals = await asyncio.to_thread(self.store.totals)
+        matches: dict[tuple[str, str], int] = {}
+        states: dict[tuple[str, str], int] = {}
+        for network, directions, state, n in totals:
+            for direction in directions:
+                matches[network, direction] = matches.get((network, direction), 0) + n
+            states[network, state] = states.get((network, state), 0) + n
+        for network in NETWORKS:
+            for direction in ("following", "follower"):
+                self.metrics.matches.labels(network, direction).set(
+                    matches.get((network, direction), 0)
+                )
+            for state in get_args(MatchState):
+                self.metrics.follow_requests.labels(network, state).set(
+                    states.get((network, state), 0)
+                )
+
+    async def _count_forever(self) -> None:
+        while True:
+            try:
+                await self.count_totals()
+            except Exception as error:  # noqa: BLE001 - try again at the next tick
+                self.log.warning("counting matches failed", error=type(error).__name__)
+            await asyncio.sleep(self.settings.totals_interval_seconds)
 
     async def _compact_forever(self) -> None:
         """Edges loaded since the last tick join the target index (a newcomer's lookup

@@ -26,6 +26,8 @@ class Settings(PlatformSettings):
     """Where archive payloads are spooled while they are loaded (default: the system's)."""
     outbox_interval_seconds: float = Field(default=15.0, gt=0)
     """How often follow requests left unpublished (after a crash, an outage) are retried."""
+    totals_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often the match and follow-request gauges are counted again (one GROUP BY)."""
     compact_interval_seconds: float = Field(default=5.0, gt=0)
     """How often edges loaded since the last time join the target index (PostgreSQL)."""
     publish_concurrency: int = Field(default=128, ge=1, le=4096)

@@ -924,6 +924,25 @@ class MatchingStore:
                 counts[cell] = counts.get(cell, 0) + int(r.n)
         return [(*cell, n) for cell, n in sorted(counts.items())]
 
+    def totals(self) -> list[tuple[Network, tuple[Direction, ...], MatchState, int]]:
+        """Matches of everyone, per network, directions and state (for the metrics)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT network, directions, state, count(*) AS n"
+                    " FROM matching_match GROUP BY network, directions, state"
+                )
+            ).all()
+        return [
+            (
+                NETWORK_NAMES[int(r.network)],
+                directions_of(int(r.directions)),
+                STATE_NAMES[int(r.state)],
+                int(r.n),
+            )
+            for r in rows
+        ]
+
     _LIST_FROM = (
         " FROM matching_match m"
         " JOIN matching_person p ON p.person_key = m.person_key"
