@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -175,6 +176,7 @@ class BatchConsumer:
         self.fetch_timeout = fetch_timeout
         self.retry_seconds = retry_seconds
         self._task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
 
     async def start(self, broker: NatsBroker) -> None:
         """Bind (or create) the durable consumer and start fetching."""
@@ -192,6 +194,7 @@ class BatchConsumer:
                 filter_subject=c.filter_subject,
             ),
         )
+        self._subscription = subscription
         self._task = asyncio.create_task(self._run(subscription), name=f"pull-{c.durable}")
 
     async def stop(self) -> None:
@@ -200,6 +203,11 @@ class BatchConsumer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._subscription is not None:
+            # Left open, the connection's drain at shutdown waits on it forever.
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
 
     async def _run(self, subscription: Any) -> None:
         while True:
