@@ -7,6 +7,7 @@ on a real ``nats-server``; request/reply answers of the other services come from
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -73,9 +74,9 @@ class WebEdge:
         return [{"name": COOKIE, "value": self.cookie(person_id), "url": self.base_url}]
 
 
-@pytest.fixture(scope="session")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEdge]:
-    root = tmp_path_factory.mktemp("web")
+@contextlib.contextmanager
+def serve_edge(root: Path, **overrides: Any) -> Iterator[WebEdge]:
+    """The real ingest app on a free port, its own nats-server and stubbed peers."""
     nats_server = NatsServer(root / "jetstream").start()
     world = StubWorld()
     stubs = StubServices(nats_server.url, world).start()
@@ -89,7 +90,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEdge]:
         request_timeout_seconds=1.0,
         nats_connect_retry_seconds=0.3,
         upload_tmp_dir=root / "uploads",
-        **OPERATOR,
+        **{**OPERATOR, **overrides},
     )
     app, runtime = create_app(settings)
     server = uvicorn.Server(
@@ -123,6 +124,12 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEdge]:
         thread.join(timeout=20)
         stubs.stop()
         nats_server.stop()
+
+
+@pytest.fixture(scope="session")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEdge]:
+    with serve_edge(tmp_path_factory.mktemp("web")) as edge:
+        yield edge
 
 
 @pytest.fixture(scope="session")

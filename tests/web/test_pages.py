@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from html import unescape
+from pathlib import Path
 
 import pytest
 
 from passerelle_ingest import i18n
 from tests.support.archivegen import ArchiveSpec, archive_bytes, extracted_files
-from tests.web.conftest import WebEdge
+from tests.web.conftest import WebEdge, serve_edge
 from tests.web.stubs import GOOD_APP_PASSWORD
 
 PAGES = ["/consents", "/upload", "/results", "/progress", "/account", "/account/delete"]
@@ -316,3 +318,39 @@ def test_link_the_other_network_then_unlink_it(web: WebEdge) -> None:
         )
         assert unlinked.headers["location"] == "/account?done=unlinked"
         assert {a.network for a in web.people.accounts(person)} == {"mastodon"}
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """No Content-Length to check first: the page counts the body and stops at the limit."""
+    with serve_edge(tmp_path_factory.mktemp("small-web"), max_upload_bytes=200_000) as small:
+        person = small.person("grace.test")
+        boundary = "passerelle-test-boundary"
+        sent = 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+                f"{small.csrf(person)}\r\n--{boundary}\r\nContent-Disposition: form-data; "
+                f'name="archive"; filename="archive.zip"\r\n'
+                "Content-Type: application/zip\r\n\r\n"
+            )
+            yield head.encode()
+            for _ in range(640):  # 10 MB, far over the limit
+                sent += 16_384
+                yield b"x" * 16_384
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        with small.client(person) as client:
+            response = client.post(
+                "/upload",
+                params={"lang": "fr"},
+                content=body(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+        assert response.status_code == 413
+        assert 'role="alert"' in response.text
+        assert "Ce fichier dépasse 195.3 KiB, le maximum accepté" in text(response.text)
+        assert not list((small.settings.upload_tmp_dir or Path("/nonexistent")).glob("*"))

@@ -47,7 +47,7 @@ from passerelle_contracts.rpc import (
     MatchSummaryRequest,
 )
 from passerelle_ingest import i18n
-from passerelle_ingest.api import form_uploads
+from passerelle_ingest.api import form_uploads, read_upload_form
 from passerelle_ingest.auth import Auth
 from passerelle_ingest.errors import ARCHIVE_STATUS, UPLOAD_STATUS, ApiError
 from passerelle_ingest.importer import (
@@ -744,11 +744,11 @@ class _Web:
             )
 
         try:
-            self.importer.check_declared_size(int(request.headers.get("content-length") or 0))
+            # Counted while it streams: a chunked upload declares no size.
+            form = await read_upload_form(request, self.importer, self.settings.max_upload_files)
         except UploadRejectedError:
             limit_text = human_bytes(self.settings.max_upload_bytes)
             return await refuse(413, ui.error("too_large", {"limit": limit_text}), "too_large")
-        form = await request.form(max_files=self.settings.max_upload_files, max_fields=10)
         try:
             if not self.check_csrf(request, visitor, form):
                 return await refuse(403, ui.error("csrf"), "csrf")
