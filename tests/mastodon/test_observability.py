@@ -104,6 +104,8 @@ async def test_metrics_and_spans(
         return (
             metric(text, 'passerelle_follows_total{network="mastodon",outcome="followed"') == 2
             and metric(text, "passerelle_mastodon_links ") == 1
+            # A gauge refreshed periodically: it may lag the counters by one period.
+            and metric(text, 'passerelle_follow_backlog{network="mastodon"}') == 0
         )
 
     text = await scrape()
@@ -119,7 +121,6 @@ async def test_metrics_and_spans(
     assert metric(text, failed) == 1
     assert metric(text, 'passerelle_mastodon_calls_total{operation="follow",result="ok"}') == 2
     assert metric(text, 'passerelle_mastodon_calls_total{operation="search",result="ok"}') >= 3
-    assert metric(text, 'passerelle_follow_backlog{network="mastodon"}') == 0
     # No label names a person, an account or an instance.
     for needle in ("alice", "bob", "carol", "ghost", "alpha.test", "beta.test", "p-alice"):
         assert needle not in "\n".join(

@@ -9,26 +9,23 @@ Why not a FastStream subscriber like the other consumers: a per-message handler
 costs about half a millisecond of CPU here (middlewares, one transaction each),
 and a backlog of a million requests must not take minutes of CPU; FastStream's
 batch mode (``PullSub(batch=True)``) was measured to leave some fetched messages
-unhandled until their ack wait ran out. This loop calls ``fetch`` the way
-FastStream's per-message pull loop does, which did not lose any.
+unhandled until their ack wait ran out. The platform's ``BatchConsumer`` calls
+``fetch`` the way FastStream's per-message pull loop does, which did not lose any.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from passerelle_contracts import MastodonFollowRequested
 from passerelle_contracts.streams import Consumer
+from passerelle_platform.broker import BatchConsumer
 from passerelle_platform.metrics import ServiceMetrics
 from passerelle_platform.telemetry import trace_parents
 
@@ -55,55 +52,19 @@ class FollowIntake:
     ) -> None:
         self.consumer = consumer
         self.accept = accept
-        self.batch = batch
         self.metrics = metrics
         self.log = log
-        self.fetch_timeout = fetch_timeout
-        self._task: asyncio.Task[None] | None = None
-        self._subscription: JetStreamContext.PullSubscription | None = None
-
-    async def start(self, connection: Client) -> None:
-        """Bind (or create) the durable consumer and start pulling."""
-        c = self.consumer
-        subscription = await connection.jetstream().pull_subscribe(
-            c.filter_subject,
-            durable=c.durable,
-            stream=c.stream.name,
-            config=ConsumerConfig(
-                durable_name=c.durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=c.ack_wait_seconds,
-                max_deliver=c.max_deliver,
-                max_ack_pending=c.max_ack_pending,
-                filter_subject=c.filter_subject,
-            ),
+        self._fetcher = BatchConsumer(
+            consumer, self.handle, batch=batch, fetch_timeout=fetch_timeout
         )
-        self._subscription = subscription
-        self._task = asyncio.create_task(self._run(subscription), name="mastodon-intake")
+
+    async def start(self, broker: NatsBroker) -> None:
+        """Bind (or create) the durable consumer and start pulling."""
+        await self._fetcher.start(broker)
 
     async def stop(self) -> None:
         """Stop pulling; unacked messages are redelivered to the next process."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
-
-    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
-        while True:
-            try:
-                messages = await subscription.fetch(self.batch, timeout=self.fetch_timeout)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - NATS away or restarting: try again
-                self.log.warning("fetching follow requests failed", error=type(error).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            await self.handle(messages)
+        await self._fetcher.stop()
 
     async def handle(self, messages: Sequence[Msg]) -> None:
         """One fetched batch: record the valid requests, then ack them."""

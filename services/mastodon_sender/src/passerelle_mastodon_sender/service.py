@@ -104,7 +104,7 @@ class MastodonSender:
         if rotated:
             self.log.info("stored secrets re-encrypted with the first key", count=rotated)
         await self.follower.start()
-        await self.intake.start(self.runtime.broker.connection)
+        await self.intake.start(self.runtime.broker)
 
     async def stop(self) -> None:
         await self.intake.stop()
