@@ -12,6 +12,7 @@ survives NATS restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -151,12 +152,17 @@ class ServiceRuntime:
             await hook()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
+        connection = self.broker._connection  # noqa: SLF001 - closed below if drain fails
         try:
             if self._stop_dead_letters is not None:
                 await self._stop_dead_letters()
             await self.broker.stop()
         except Exception as error:  # noqa: BLE001 - NATS may already be gone (Ctrl-C stops all)
             self.log.info("nats closed without draining", error=type(error).__name__)
+            # A connection that cannot drain (NATS away) would go on reconnecting forever.
+            if connection is not None and not connection.is_closed:
+                with contextlib.suppress(Exception):
+                    await connection.close()
         if self.engine is not None:
             self.engine.dispose()
         self.tracer_provider.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from urllib.parse import urlencode, urlsplit
 
@@ -53,6 +54,9 @@ from passerelle_mastodon_sender.models import (
 from passerelle_mastodon_sender.settings import Settings
 from passerelle_mastodon_sender.store import Store
 from passerelle_mastodon_sender.vault import Vault
+
+#: Calls a new token makes while linking (``verify_credentials``).
+LINK_CALLS = 1
 
 MESSAGES = {
     "unknown_instance": "No Mastodon server answers at {domain}. Check the address.",
@@ -281,6 +285,10 @@ class Linker:
             following_count=pending.following_count,
             profile_at=self.clock.now(),
             linked_at=self.clock.now(),
+            # The token already made a call (verify_credentials): the follower's
+            # first window starts with it, or it could make one call too many.
+            requests_window_end=self._window_end(self.clock.now()),
+            requests_reserved=LINK_CALLS,
         )
         await self.follower.forget(person_id)
         bound = await self.db.run(self.store.bind, link)
@@ -306,6 +314,10 @@ class Linker:
         await self._announce(link)
         self.follower.wake([person_id])
         return link.acct
+
+    def _window_end(self, now: float) -> float:
+        period = self.settings.mastodon_requests_window_seconds
+        return (math.floor(now / period) + 1) * period
 
     async def _exchange(
         self, domain: str, code: str, redirect_uri: str, code_hash: str
