@@ -318,40 +318,41 @@ async def watch_dead_letters(
             deliveries=advisory["deliveries"],
         )
 
-    async def watch(consumer: Consumer) -> None:
-        subscription = None
-        while True:
-            try:
-                if subscription is None:
-                    subscription = await js.pull_subscribe(
-                        max_deliveries_subject(consumer.stream.name, consumer.durable),
-                        durable=f"dead-letters-{consumer.durable}",
-                        stream=DELIVERY_ADVISORIES.name,
-                    )
+    def handler(consumer: Consumer) -> BatchHandler:
+        async def handle(batch: list[Any]) -> None:
+            for msg in batch:
                 try:
-                    batch = await subscription.fetch(16, timeout=idle_seconds)
-                except nats.errors.TimeoutError:
-                    continue
-                for msg in batch:
-                    try:
-                        await park(json.loads(msg.data))
-                    except Exception:  # retried later: the advisory is not acked
-                        log.exception("dead-letter forwarding failed", consumer=consumer.durable)
-                        await msg.nak(delay=idle_seconds)
-                    else:
-                        await msg.ack()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - NATS away: keep watching
-                log.warning("dead-letter watch waiting", error=type(error).__name__)
-                await asyncio.sleep(idle_seconds)
+                    await park(json.loads(msg.data))
+                except Exception:  # retried later: the advisory is not acked
+                    log.exception("dead-letter forwarding failed", consumer=consumer.durable)
+                    await msg.nak(delay=idle_seconds)
+                else:
+                    await msg.ack()
 
-    tasks = [asyncio.create_task(watch(c), name=f"dead-letters-{c.durable}") for c in consumers]
+        return handle
+
+    watchers = [
+        BatchConsumer(
+            Consumer(
+                f"dead-letters-{c.durable}",
+                DELIVERY_ADVISORIES,
+                max_deliveries_subject(c.stream.name, c.durable),
+                c.service,
+                max_deliver=-1,  # an advisory is retried until it is parked
+            ),
+            handler(c),
+            batch=16,
+            fetch_timeout=idle_seconds,
+            retry_seconds=idle_seconds,
+        )
+        for c in consumers
+    ]
+    for watcher in watchers:
+        await watcher.start(broker)
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for watcher in watchers:
+            await watcher.stop()
 
     return stop
 
