@@ -136,15 +136,16 @@ class ServiceRuntime:
                     "waiting for nats", error=type(error).__name__, url=self.settings.nats_url
                 )
                 await asyncio.sleep(delay)
-        self._streams_ready = True
         await self.broker.start()
         self._stop_dead_letters = await watch_dead_letters(
             self.broker, self.consumers, self.metrics
         )
-        self.metrics.nats_connected.set(1)
-        self.log.info("connected", consumers=[c.durable for c in self.consumers])
         for hook in self.on_connected:
             await hook()
+        # Ready only once every subscriber listens: a request sent on "ready" must find one.
+        self._streams_ready = True
+        self.metrics.nats_connected.set(1)
+        self.log.info("connected", consumers=[c.durable for c in self.consumers])
 
     async def stop(self) -> None:
         """Stop consuming, close NATS and the database, flush spans."""
