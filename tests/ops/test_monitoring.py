@@ -49,6 +49,7 @@ def test_every_alert_has_severity_summary_and_runbook_text() -> None:
         "PasserelleBacklogGrowing",
         "PasserelleDeadLettersNew",
         "PasserelleDatabaseDown",
+        "PasserelleDatabaseErrors",
     } <= names
     backlog = next(a for a in alerts if a["alert"] == "PasserelleBacklogGrowing")
     assert backlog["for"] == "30m"
@@ -189,10 +190,10 @@ def test_alert_links_point_at_sections_of_the_guide() -> None:
 
 def metrics_section() -> tuple[set[str], set[str]]:
     """The ``passerelle_*`` names docs/operations.md's *Metrics* section says are
-    exported, and those its *Not exported yet* table plans."""
+    exported, and those a *Not exported yet* table in it plans (if it has one)."""
     guide = (ROOT / "docs" / "operations.md").read_text()
     section = guide.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
-    exported, planned = section.split("**Not exported yet**", 1)
+    exported, _, planned = section.partition("**Not exported yet**")
     names = re.compile(r"`(passerelle_[a-z0-9_]+)")
     return set(names.findall(exported)), set(names.findall(planned))
 
@@ -214,7 +215,6 @@ def test_the_guide_says_honestly_what_is_exported() -> None:
     defined = defined_metric_names()
     assert len(exported) > 20, "the guide's list of exported metrics was not found"
     assert not exported - defined, f"the guide lists metrics nothing defines: {exported - defined}"
-    assert planned, "the guide's table of metrics not exported yet was not found"
     landed = planned & defined
     assert not landed, (
         f"{sorted(landed)} are exported now: move them out of 'Not exported yet' in "

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter
 
-from passerelle_platform.db import database_url, make_engine, migrate
+from passerelle_platform.db import count_database_errors, database_url, make_engine, migrate
 from passerelle_platform.settings import PlatformSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -115,3 +116,47 @@ def test_in_memory_sqlite_is_one_shared_database() -> None:
             assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def error_counter() -> Counter:
+    return Counter("errors_total", "test", ["error"], registry=CollectorRegistry())
+
+
+def counted(counter: Counter) -> dict[str, float]:
+    return {
+        s.labels["error"]: s.value
+        for metric in counter.collect()
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+
+
+def test_database_errors_are_counted_by_kind(database_url: str) -> None:
+    engine = make_engine(database_url)
+    counter = error_counter()
+    count_database_errors(engine, counter)
+    with engine.connect() as connection:
+        connection.execute(sa.text("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        connection.execute(sa.text("INSERT INTO t VALUES (1)"))
+        connection.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            connection.execute(sa.text("INSERT INTO t VALUES (1)"))
+        connection.rollback()
+        with pytest.raises(sa.exc.DBAPIError):
+            connection.execute(sa.text("SELECT * FROM no_such_table"))
+        connection.rollback()
+        connection.execute(sa.text("SELECT 1"))  # a good statement counts nothing
+    engine.dispose()
+    # SQLite reports a missing table as an OperationalError, PostgreSQL as a ProgrammingError.
+    missing = "operational" if database_url.startswith("sqlite") else "programming"
+    assert counted(counter) == {"integrity": 1.0, missing: 1.0}
+
+
+def test_a_database_that_cannot_be_reached_counts_as_connect(tmp_path: Path) -> None:
+    counter = error_counter()
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
+    count_database_errors(engine, counter)
+    with pytest.raises(sa.exc.OperationalError), engine.connect():
+        pass
+    engine.dispose()
+    assert counted(counter) == {"connect": 1.0}

@@ -14,8 +14,9 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from sqlalchemy import Engine, MetaData, create_engine, event
-from sqlalchemy.engine import make_url
+from prometheus_client import Counter
+from sqlalchemy import Engine, MetaData, create_engine, event, exc
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from passerelle_platform.settings import PlatformSettings
@@ -80,6 +81,43 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+_ERROR_KINDS: tuple[tuple[type[exc.DBAPIError], str], ...] = (
+    (exc.IntegrityError, "integrity"),
+    (exc.OperationalError, "operational"),
+    (exc.ProgrammingError, "programming"),
+    (exc.DataError, "data"),
+    (exc.InternalError, "internal"),
+    (exc.InterfaceError, "interface"),
+)
+
+
+def database_error_kind(context: ExceptionContext) -> str:
+    """A bounded label for a driver error: ``connect`` (no connection could be made),
+    ``disconnect`` (the connection was lost), else the DB-API class of the error."""
+    if context.connection is None:
+        return "connect"
+    if context.is_disconnect:
+        return "disconnect"
+    error = context.sqlalchemy_exception
+    for kind, name in _ERROR_KINDS:
+        if isinstance(error, kind):
+            return name
+    return "other"
+
+
+def count_database_errors(engine: Engine, counter: Counter) -> None:
+    """Count every error the engine's driver raises on ``counter`` (label ``error``).
+
+    The services never expect one (unique constraints are met with ``ON CONFLICT``),
+    so any is worth an operator's look: the ``PasserelleDatabaseErrors`` alert.
+    """
+
+    def count(context: ExceptionContext) -> None:
+        counter.labels(database_error_kind(context)).inc()
+
+    event.listen(engine, "handle_error", count)
 
 
 def migrate(engine: Engine, migrations: Path, service: str) -> None:

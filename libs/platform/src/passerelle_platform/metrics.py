@@ -38,6 +38,13 @@ class ServiceMetrics:
             ["stream", "consumer"],
             registry=self.registry,
         )
+        self.database_errors = Counter(
+            "passerelle_database_errors_total",
+            "Errors the database driver raised (no connection, connection lost, failed "
+            "statement), by kind.",
+            ["error"],
+            registry=self.registry,
+        )
         self.http_latency = Histogram(
             "passerelle_http_request_duration_seconds",
             "HTTP request latency by route template and status class.",

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from passerelle_contracts import HealthReply, HealthRequest, health_subject
 from passerelle_contracts.streams import Consumer
 from passerelle_platform.broker import ensure_streams, make_broker, watch_dead_letters
-from passerelle_platform.db import database_url, make_engine, migrate
+from passerelle_platform.db import count_database_errors, database_url, make_engine, migrate
 from passerelle_platform.logging import REDACTOR, configure_logging
 from passerelle_platform.metrics import ServiceMetrics
 from passerelle_platform.settings import PlatformSettings
@@ -73,6 +73,7 @@ class ServiceRuntime:
         self.engine: Engine | None = None
         if migrations is not None:
             self.engine = make_engine(database_url(settings, service))
+            count_database_errors(self.engine, self.metrics.database_errors)
         self._migrations = migrations
         self.started_at = datetime.now(UTC)
         self._streams_ready = False

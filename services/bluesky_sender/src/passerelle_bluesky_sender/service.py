@@ -26,7 +26,7 @@ from passerelle_bluesky_sender.outbox import Outbox
 from passerelle_bluesky_sender.scheduler import Scheduler
 from passerelle_bluesky_sender.sessions import Sessions
 from passerelle_bluesky_sender.settings import Settings
-from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store, store_engine
+from passerelle_bluesky_sender.store import AccountRow, IntakeReport, Store
 from passerelle_bluesky_sender.targets import TargetChecker
 from passerelle_bluesky_sender.xrpc import XrpcClient
 from passerelle_contracts import Event, IdentityUnlinked
@@ -63,7 +63,7 @@ class BlueskySender:
             max_connections=settings.bluesky_http_max_connections,
             user_agent=f"passerelle-bluesky-sender/{__version__}",
         )
-        self.store = Store(store_engine(runtime.engine))
+        self.store = Store(runtime.engine)
         self.resolver = IdentityResolver(
             self.xrpc,
             handle_resolver_url=settings.bluesky_handle_resolver_url,

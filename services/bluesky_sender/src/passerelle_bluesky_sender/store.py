@@ -166,33 +166,6 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def store_engine(engine: Engine) -> Engine:
-    """The engine the store uses: the runtime's, except for SQLite, where a pool of
-    long-lived connections replaces the platform's one-connection-per-use: closing the
-    last connection to a WAL database checkpoints it (7 ms on this machine), which on the
-    sender's path (several short transactions per batch of 200) cost more than the work.
-    """
-    if engine.url.get_backend_name() != "sqlite":
-        return engine
-    pooled = sa.create_engine(
-        engine.url,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        poolclass=sa.pool.QueuePool,
-        pool_size=8,
-        max_overflow=8,
-    )
-
-    @sa.event.listens_for(pooled, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return pooled
-
-
 def _insert_ignore(
     conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
 ) -> None:
