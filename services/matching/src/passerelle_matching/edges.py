@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,6 +41,12 @@ class EdgeLayout(Protocol):
     def write(self, connection: Connection, import_key: int, batches: Iterable[EdgeBatch]) -> int:
         """Store an import's edges; return how many were stored."""
 
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        """Store several imports' edges (one ``COPY`` where the layout can); return how
+        many were stored for each."""
+
     def delete(self, connection: Connection, import_key: int) -> None:
         """Forget an import's edges."""
 
@@ -49,7 +55,8 @@ class EdgeLayout(Protocol):
 
     def pointing_at(self) -> str:
         """SQL relation ``(import_key, direction, x_id)`` of the edges to ``:x_id`` (indexed);
-        ``:fresh_after`` is :meth:`fresh_after`."""
+        the runs the target index does not cover yet (:meth:`fresh_after`) are
+        scanned, in the same statement."""
 
     def fresh_after(self, connection: Connection) -> int:
         """The last import whose edges the target index covers (runs after it are scanned)."""
@@ -188,8 +195,16 @@ class PostgresRuns:
     """
 
     def write(self, connection: Connection, import_key: int, batches: Iterable[EdgeBatch]) -> int:
+        return self.write_many(connection, [(import_key, batches)])[0]
+
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        """Every import's runs in one binary ``COPY`` (one exchange for a batch)."""
+        if not imports:
+            return []
         raw: Any = connection.connection.dbapi_connection
-        stored = 0
+        counts: list[int] = []
         with (
             raw.cursor() as cursor,
             cursor.copy(
@@ -198,13 +213,16 @@ class PostgresRuns:
             ) as copy,
         ):
             copy.write(_COPY_HEADER)
-            for part, (direction, ids) in enumerate(batches):
-                if ids.size == 0:
-                    continue
-                copy.write(copy_row(import_key, direction, part, array_to_db(ids)))
-                stored += int(ids.size)
+            for import_key, batches in imports:
+                stored = 0
+                for part, (direction, ids) in enumerate(batches):
+                    if ids.size == 0:
+                        continue
+                    copy.write(copy_row(import_key, direction, part, array_to_db(ids)))
+                    stored += int(ids.size)
+                counts.append(stored)
             copy.write(_COPY_TRAILER)
-        return stored
+        return counts
 
     def delete(self, connection: Connection, import_key: int) -> None:
         # The import's postings in the segments go first (found through its runs).
@@ -252,7 +270,9 @@ class PostgresRuns:
             " CROSS JOIN LATERAL unnest(b.xs, b.refs) AS p(x, ref)"
             f" WHERE p.x = {x}"
             f" UNION ALL SELECT r.import_key, r.direction, {x} FROM matching_edge_run r"
-            f" WHERE r.import_key > :fresh_after AND r.ids @> ARRAY[{x}])"
+            " WHERE r.import_key > (SELECT value FROM matching_sequence"
+            "  WHERE name = 'compacted_import_key')"
+            f" AND r.ids @> ARRAY[{x}])"
         )
 
     def fresh_after(self, connection: Connection) -> int:
@@ -424,6 +444,11 @@ class SqliteRows:
         finally:
             cursor.close()
         return stored
+
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        return [self.write(connection, key, batches) for key, batches in imports]
 
     def delete(self, connection: Connection, import_key: int) -> None:
         connection.execute(
