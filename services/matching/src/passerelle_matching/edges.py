@@ -308,8 +308,10 @@ class PostgresRuns:
     def _compact_once(self, connection: Connection) -> int:
         raw: Any = connection.connection.dbapi_connection
         mark = self.fresh_after(connection)
-        slices: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.int32]]]] = {
-            s: ([], []) for s in _SLICES
+        # Per slice: the parts of runs falling in it, and each part's ref and size
+        # (the refs are expanded once per slice, not once per part).
+        slices: dict[int, tuple[list[NDArray[np.int64]], list[int], list[int]]] = {
+            s: ([], [], []) for s in _SLICES
         }
         bounds = np.array([s << _SLICE_SHIFT for s in _SLICES[1:]], dtype=np.int64)
         postings, last = 0, mark
@@ -328,21 +330,25 @@ class PostgresRuns:
                 postings += int(xs.size)
                 # Stored ids are sorted unsigned; sorted signed, they are two runs.
                 xs = np.sort(xs)
-                cut = np.searchsorted(xs, bounds)
-                ref = np.int32(int(import_key) * 4 + int(direction))
-                for s, part in zip(_SLICES, np.split(xs, cut), strict=True):
-                    if part.size:
-                        slices[s][0].append(part)
-                        slices[s][1].append(np.full(part.size, ref, dtype=np.int32))
+                cuts = [0, *np.searchsorted(xs, bounds).tolist(), int(xs.size)]
+                ref = int(import_key) * 4 + int(direction)
+                for s, start, stop in zip(_SLICES, cuts, cuts[1:], strict=False):
+                    if stop > start:
+                        parts, refs, sizes = slices[s]
+                        parts.append(xs[start:stop])
+                        refs.append(ref)
+                        sizes.append(stop - start)
         if last == mark:
             return 0
         if postings:
             segment = self._new_segment(connection)
             sink = PostingSink(raw, segment)
             for s in _SLICES:
-                xs_parts, ref_parts = slices.pop(s)
-                if xs_parts:
-                    sink.write(np.concatenate(xs_parts), np.concatenate(ref_parts))
+                parts, refs, sizes = slices.pop(s)
+                if parts:
+                    sink.write(
+                        np.concatenate(parts), np.repeat(np.array(refs, dtype=np.int32), sizes)
+                    )
             self._sized(connection, segment, sink.postings)
         connection.execute(
             text("UPDATE matching_sequence SET value = :v WHERE name = 'compacted_import_key'"),
