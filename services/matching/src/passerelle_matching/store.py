@@ -783,17 +783,25 @@ class MatchingStore:
             empty = c.execute(text("SELECT 1 FROM matching_match LIMIT 1")).first() is None
             if empty and self.dialect == "postgresql":
                 # A first build: one plain insert in key order (nothing to conflict
-                # with), the secondary indexes built afterwards, in bulk.
+                # with: the GROUP BY makes the keys unique), every index — the
+                # primary key too — built afterwards, in bulk.
                 c.execute(text("SET LOCAL work_mem = '256MB'"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_target"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending_target"))
+                c.execute(text("ALTER TABLE matching_match DROP CONSTRAINT matching_match_pkey"))
                 c.execute(
                     text(
                         self._INSERT + f" FROM ({derived}) d"
                         " ORDER BY d.person_key, d.network, d.target_key"
                     ),
                     {"now": self.clock()},
+                )
+                c.execute(
+                    text(
+                        "ALTER TABLE matching_match ADD CONSTRAINT matching_match_pkey"
+                        " PRIMARY KEY (person_key, network, target_key)"
+                    )
                 )
                 c.execute(
                     text(
