@@ -12,9 +12,9 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
 1. **directory**: everyone's consents and links, through the store's handlers'
    code (the 1,000 newcomers consent but link later);
 2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
-   loaded by ``MatchingStore.import_archive`` — the code the ``archive.imported``
-   handler runs after fetching the objects, with ``match=False`` (the matching
-   is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
+   loaded by ``MatchingStore.import_archives``, ``archive_batch`` archives per
+   transaction — the code the batched ``archive.imported`` intake runs after
+   fetching the objects, with ``match=False`` (the matching is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
    compactor does at its next tick: the target index) and ``ANALYZE``; all of it
    counts as the load;
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
