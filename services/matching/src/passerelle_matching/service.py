@@ -82,7 +82,8 @@ class MatchingMetrics:
         )
         self.import_seconds = Histogram(
             "passerelle_matching_archive_import_seconds",
-            "Time to fetch, load and match one archive.",
+            "Time to fetch, load and match one archive (archives loaded together in one"
+            " transaction share their batch's time equally).",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=registry,
         )
