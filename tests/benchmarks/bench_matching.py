@@ -12,9 +12,9 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
 1. **directory**: everyone's consents and links, through the store's handlers'
    code (the 1,000 newcomers consent but link later);
 2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
-   loaded by ``MatchingStore.import_archive`` — the code the ``archive.imported``
-   handler runs after fetching the objects, with ``match=False`` (the matching
-   is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
+   loaded by ``MatchingStore.import_archives``, ``archive_batch`` archives per
+   transaction — the code the batched ``archive.imported`` intake runs after
+   fetching the objects, with ``match=False`` (the matching is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
    compactor does at its next tick: the target index) and ``ANALYZE``; all of it
    counts as the load;
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
@@ -336,20 +336,27 @@ def directory_phase(store: MatchingStore, population: Population) -> float:
 
 def load_phase(store: MatchingStore, population: Population, payloads: Path) -> tuple[float, int]:
     x_ids = population.x_ids(np.arange(population.people))
+    batch = int(Settings.model_fields["archive_batch"].default)
     started = time.perf_counter()
-    for i in range(population.people):
-        archive = Archive(
-            person_id=population.person_id(i),
-            region="bench",
-            import_id=f"bench-{i}",
-            sent_at=2.0,
-            x_account_id=str(int(x_ids[i])),
-            x_username=population.person_id(i),
-        )
-        batches = decode_payloads(payloads / f"{i}.following", payloads / f"{i}.followers")
-        store.import_archive(archive, batches, match=False)
-        if i and i % 2000 == 0:
-            print(f"  loaded {i:,} archives, {time.perf_counter() - started:.1f} s", flush=True)
+    for first in range(0, population.people, batch):
+        archives = [
+            (
+                Archive(
+                    person_id=population.person_id(i),
+                    region="bench",
+                    import_id=f"bench-{i}",
+                    sent_at=2.0,
+                    x_account_id=str(int(x_ids[i])),
+                    x_username=population.person_id(i),
+                ),
+                decode_payloads(payloads / f"{i}.following", payloads / f"{i}.followers"),
+            )
+            for i in range(first, min(first + batch, population.people))
+        ]
+        # The batched intake's call: the archives of one fetch, in one transaction.
+        store.import_archives(archives, match=False)
+        if first // batch % max(1, 2000 // batch) == 0 and first:
+            print(f"  loaded {first:,} archives, {time.perf_counter() - started:.1f} s", flush=True)
     loaded = time.perf_counter()
     # What the service's compactor does at its next tick: the edges join the target index.
     indexed = store.compact_edges()

@@ -113,10 +113,14 @@ class Edge:
             out.append(body)
         return out
 
-    async def settled(self, within: float = 30.0) -> None:
+    async def settled_except(self, durable: str, within: float = 30.0) -> None:
+        """:meth:`settled`, leaving out one consumer (one that keeps a bad message)."""
+        await self.settled(within, leave_out=durable)
+
+    async def settled(self, within: float = 30.0, *, leave_out: str = "") -> None:
         """Wait until matching's consumers have nothing pending or unacknowledged."""
         deadline = time.monotonic() + within
-        mine = [c for c in CONSUMERS if c.service == "matching"]
+        mine = [c for c in CONSUMERS if c.service == "matching" and c.durable != leave_out]
         quiet_since: float | None = None
         while time.monotonic() < deadline:
             busy = False

@@ -18,6 +18,7 @@ from passerelle_contracts.streams import (
 from passerelle_matching import __version__
 from passerelle_matching.federation import create_matching_service
 from passerelle_matching.handlers import build_router
+from passerelle_matching.intake import ArchiveIntake
 from passerelle_matching.service import MatchingService
 from passerelle_matching.settings import Settings
 from passerelle_platform.runtime import ServiceRuntime
@@ -52,7 +53,14 @@ def create_service(settings: Settings) -> MatchingService:
         runtime.log.warning(TRUST_WARNING, setting="trust_archive_claims")
     service = create_matching_service(runtime, settings)  # federated when configured
     runtime.include(build_router(service))
+    intake = ArchiveIntake(service, batch=settings.archive_batch)
+
+    async def start_intake() -> None:
+        await intake.start(runtime.broker)
+
     runtime.on_connected.append(service.start_drainer)
+    runtime.on_connected.append(start_intake)
+    runtime.on_shutdown.append(intake.stop)
     runtime.on_shutdown.append(service.close)
     return service
 

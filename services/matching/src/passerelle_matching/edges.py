@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,6 +41,12 @@ class EdgeLayout(Protocol):
     def write(self, connection: Connection, import_key: int, batches: Iterable[EdgeBatch]) -> int:
         """Store an import's edges; return how many were stored."""
 
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        """Store several imports' edges (one ``COPY`` where the layout can); return how
+        many were stored for each."""
+
     def delete(self, connection: Connection, import_key: int) -> None:
         """Forget an import's edges."""
 
@@ -49,7 +55,8 @@ class EdgeLayout(Protocol):
 
     def pointing_at(self) -> str:
         """SQL relation ``(import_key, direction, x_id)`` of the edges to ``:x_id`` (indexed);
-        ``:fresh_after`` is :meth:`fresh_after`."""
+        the runs the target index does not cover yet (:meth:`fresh_after`) are
+        scanned, in the same statement."""
 
     def fresh_after(self, connection: Connection) -> int:
         """The last import whose edges the target index covers (runs after it are scanned)."""
@@ -188,8 +195,16 @@ class PostgresRuns:
     """
 
     def write(self, connection: Connection, import_key: int, batches: Iterable[EdgeBatch]) -> int:
+        return self.write_many(connection, [(import_key, batches)])[0]
+
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        """Every import's runs in one binary ``COPY`` (one exchange for a batch)."""
+        if not imports:
+            return []
         raw: Any = connection.connection.dbapi_connection
-        stored = 0
+        counts: list[int] = []
         with (
             raw.cursor() as cursor,
             cursor.copy(
@@ -198,13 +213,16 @@ class PostgresRuns:
             ) as copy,
         ):
             copy.write(_COPY_HEADER)
-            for part, (direction, ids) in enumerate(batches):
-                if ids.size == 0:
-                    continue
-                copy.write(copy_row(import_key, direction, part, array_to_db(ids)))
-                stored += int(ids.size)
+            for import_key, batches in imports:
+                stored = 0
+                for part, (direction, ids) in enumerate(batches):
+                    if ids.size == 0:
+                        continue
+                    copy.write(copy_row(import_key, direction, part, array_to_db(ids)))
+                    stored += int(ids.size)
+                counts.append(stored)
             copy.write(_COPY_TRAILER)
-        return stored
+        return counts
 
     def delete(self, connection: Connection, import_key: int) -> None:
         # The import's postings in the segments go first (found through its runs).
@@ -252,7 +270,9 @@ class PostgresRuns:
             " CROSS JOIN LATERAL unnest(b.xs, b.refs) AS p(x, ref)"
             f" WHERE p.x = {x}"
             f" UNION ALL SELECT r.import_key, r.direction, {x} FROM matching_edge_run r"
-            f" WHERE r.import_key > :fresh_after AND r.ids @> ARRAY[{x}])"
+            " WHERE r.import_key > (SELECT value FROM matching_sequence"
+            "  WHERE name = 'compacted_import_key')"
+            f" AND r.ids @> ARRAY[{x}])"
         )
 
     def fresh_after(self, connection: Connection) -> int:
@@ -288,8 +308,10 @@ class PostgresRuns:
     def _compact_once(self, connection: Connection) -> int:
         raw: Any = connection.connection.dbapi_connection
         mark = self.fresh_after(connection)
-        slices: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.int32]]]] = {
-            s: ([], []) for s in _SLICES
+        # Per slice: the parts of runs falling in it, and each part's ref and size
+        # (the refs are expanded once per slice, not once per part).
+        slices: dict[int, tuple[list[NDArray[np.int64]], list[int], list[int]]] = {
+            s: ([], [], []) for s in _SLICES
         }
         bounds = np.array([s << _SLICE_SHIFT for s in _SLICES[1:]], dtype=np.int64)
         postings, last = 0, mark
@@ -308,21 +330,25 @@ class PostgresRuns:
                 postings += int(xs.size)
                 # Stored ids are sorted unsigned; sorted signed, they are two runs.
                 xs = np.sort(xs)
-                cut = np.searchsorted(xs, bounds)
-                ref = np.int32(int(import_key) * 4 + int(direction))
-                for s, part in zip(_SLICES, np.split(xs, cut), strict=True):
-                    if part.size:
-                        slices[s][0].append(part)
-                        slices[s][1].append(np.full(part.size, ref, dtype=np.int32))
+                cuts = [0, *np.searchsorted(xs, bounds).tolist(), int(xs.size)]
+                ref = int(import_key) * 4 + int(direction)
+                for s, start, stop in zip(_SLICES, cuts, cuts[1:], strict=False):
+                    if stop > start:
+                        parts, refs, sizes = slices[s]
+                        parts.append(xs[start:stop])
+                        refs.append(ref)
+                        sizes.append(stop - start)
         if last == mark:
             return 0
         if postings:
             segment = self._new_segment(connection)
             sink = PostingSink(raw, segment)
             for s in _SLICES:
-                xs_parts, ref_parts = slices.pop(s)
-                if xs_parts:
-                    sink.write(np.concatenate(xs_parts), np.concatenate(ref_parts))
+                parts, refs, sizes = slices.pop(s)
+                if parts:
+                    sink.write(
+                        np.concatenate(parts), np.repeat(np.array(refs, dtype=np.int32), sizes)
+                    )
             self._sized(connection, segment, sink.postings)
         connection.execute(
             text("UPDATE matching_sequence SET value = :v WHERE name = 'compacted_import_key'"),
@@ -424,6 +450,11 @@ class SqliteRows:
         finally:
             cursor.close()
         return stored
+
+    def write_many(
+        self, connection: Connection, imports: Sequence[tuple[int, Iterable[EdgeBatch]]]
+    ) -> list[int]:
+        return [self.write(connection, key, batches) for key, batches in imports]
 
     def delete(self, connection: Connection, import_key: int) -> None:
         connection.execute(

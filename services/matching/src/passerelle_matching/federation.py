@@ -29,7 +29,7 @@ with local events; this module holds no SQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from prometheus_client import Counter
@@ -109,10 +109,17 @@ class FederatedMatchingService(MatchingService):
 
     # --- this region's events, then its directory --------------------------------------
 
-    async def on_archive(self, event: ArchiveImported) -> Outcome:
-        outcome = await super().on_archive(event)
-        await self.publish_directory([event.person_id], outcome.scope)
-        return outcome
+    async def on_archives(self, events: Sequence[ArchiveImported]) -> list[Outcome | BaseException]:
+        results = await super().on_archives(events)
+        scope = Scope()
+        people = []
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, Outcome):
+                people.append(event.person_id)
+                scope.owners |= result.scope.owners
+                scope.targets |= result.scope.targets
+        await self.publish_directory(people, scope)
+        return results
 
     async def on_identity_linked(self, event: IdentityLinked) -> Outcome:
         outcome = await super().on_identity_linked(event)

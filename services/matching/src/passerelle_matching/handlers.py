@@ -8,7 +8,6 @@ from faststream.nats import NatsRouter
 from pydantic import Field
 
 from passerelle_contracts import (
-    ArchiveImported,
     ConsentChanged,
     FollowResult,
     IdentityLinked,
@@ -25,7 +24,6 @@ from passerelle_contracts.rpc import (
     MatchSummaryRequest,
 )
 from passerelle_contracts.streams import (
-    MATCHING_ARCHIVES,
     MATCHING_CONSENTS,
     MATCHING_ERASURES,
     MATCHING_IDENTITIES,
@@ -41,12 +39,11 @@ RPC_QUEUE = "matching"
 
 
 def build_router(service: MatchingService) -> NatsRouter:
-    """The matching service's subscribers and request/reply responders."""
-    router = NatsRouter()
+    """The matching service's subscribers and request/reply responders.
 
-    @jetstream_subscriber(router, MATCHING_ARCHIVES)
-    async def on_archive(event: ArchiveImported) -> None:
-        await service.on_archive(event)
+    ``archive.imported`` is not here: :class:`passerelle_matching.intake.ArchiveIntake`
+    takes archives in batches, several per transaction."""
+    router = NatsRouter()
 
     @jetstream_subscriber(router, MATCHING_IDENTITIES)
     async def on_identity(event: IdentityEvent) -> None:

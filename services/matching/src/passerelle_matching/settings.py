@@ -30,5 +30,9 @@ class Settings(PlatformSettings):
     """How often the match and follow-request gauges are counted again (one GROUP BY)."""
     compact_interval_seconds: float = Field(default=5.0, gt=0)
     """How often edges loaded since the last time join the target index (PostgreSQL)."""
-    publish_concurrency: int = Field(default=128, ge=1, le=4096)
-    """Follow requests in flight at once while publishing (each waits for its PubAck)."""
+    archive_batch: int = Field(default=32, ge=1, le=1024)
+    """``archive.imported`` messages fetched together and loaded in one transaction
+    (one transaction per archive costs more than loading a small one)."""
+    publish_concurrency: int = Field(default=256, ge=1, le=4096)
+    """Follow requests sent per window while publishing: a window's outbox flags are
+    cleared as soon as its PubAcks are in, while the next windows go out."""

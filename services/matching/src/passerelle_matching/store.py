@@ -406,7 +406,6 @@ class MatchingStore:
             "x_id": x_id,
             "t": person_key,
             "now": self.clock(),
-            "fresh_after": self.edges.fresh_after(c),
         }
         where = "t.person_key = :t"
         if network is not None:
@@ -444,95 +443,139 @@ class MatchingStore:
         ``batches`` are ascending unsigned X ids per direction (as decoded from
         the payloads); self-follows are dropped. With ``match=False`` only the
         edges and the claim are stored (the benchmark's bulk load, followed by
-        :meth:`match_all`).
+        :meth:`match_all`). One archive of :meth:`import_archives`.
         """
+        return self.import_archives([(archive, batches)], match=match)[0]
+
+    def import_archives(
+        self, archives: Sequence[tuple[Archive, Iterable[EdgeBatch]]], *, match: bool = True
+    ) -> list[Outcome]:
+        """Several archives in one transaction (the batched intake of ``archive.imported``).
+
+        Each archive does exactly what :meth:`import_archive` would alone, in the
+        order given: it replaces only its own person's edges, an erased person's or
+        an older import is refused (its outcome says why, the others go on), and a
+        later archive of the same person in the batch replaces an earlier one.
+        All of them commit together or not at all. On PostgreSQL the bookkeeping
+        of a group of distinct people is one statement and their runs one
+        ``COPY``: a transaction's round trips are paid once per batch, not per
+        archive.
+        """
+        if not archives:
+            return []
+        if self.dialect != "postgresql":
+            with self._write() as c:
+                return [self._import_sqlite(c, a, b, match=match) for a, b in archives]
+        outcomes: list[Outcome] = []
+        with self._write(lock=False) as c:
+            for group in _distinct_people(archives):
+                outcomes.extend(self._import_postgres(c, group, match=match))
+        return outcomes
+
+    def _import_sqlite(
+        self, c: Connection, archive: Archive, batches: Iterable[EdgeBatch], *, match: bool
+    ) -> Outcome:
         claimed = claim_to_db(archive.x_account_id)
-        if self.dialect == "postgresql":
-            return self._import_postgres(archive, claimed, batches, match=match)
-        with self._write() as c:
-            person = self._ensure_person(c, archive.person_id, archive.region)
-            if person is None:
-                return Outcome(applied=False, detail="erased")
-            if not _newer_import(person, archive.import_id, archive.sent_at):
-                return Outcome(applied=False, detail="stale")
-            key = int(person["person_key"])
-            old_x, old_import = person["x_id"], person["import_key"]
-            if old_import is not None:
-                self.edges.delete(c, int(old_import))
-            import_key = self._next_import_key(c)
-            stored = self.edges.write(c, import_key, _without_self(batches, claimed))
-            c.execute(
-                text(
-                    "UPDATE matching_person SET x_id = :x, x_username = :username,"
-                    " import_key = :k, import_id = :iid, import_sent_at = :sent,"
-                    " updated_at = :now WHERE person_key = :p"
-                ),
-                {
-                    "x": claimed,
-                    "username": archive.x_username,
-                    "k": import_key,
-                    "iid": archive.import_id,
-                    "sent": archive.sent_at,
-                    "now": self.clock(),
-                    "p": key,
-                },
-            )
-            if match:
-                if old_x != claimed:
-                    self._drop_towards(c, key)
-                self._refresh_owner(c, key, import_key, prune=old_import is not None)
-            # Everyone claiming the new X id (the person too) or the old one: their
-            # trust may have changed, and with it the matches towards them.
-            claimants = self._refresh_claimants(c, claimed, old_x, refresh=match)
-            scope = Scope(owners={key}, targets=claimants | {key})
-            return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
+        person = self._ensure_person(c, archive.person_id, archive.region)
+        if person is None:
+            return Outcome(applied=False, detail="erased")
+        if not _newer_import(person, archive.import_id, archive.sent_at):
+            return Outcome(applied=False, detail="stale")
+        key = int(person["person_key"])
+        old_x, old_import = person["x_id"], person["import_key"]
+        if old_import is not None:
+            self.edges.delete(c, int(old_import))
+        import_key = self._next_import_key(c)
+        stored = self.edges.write(c, import_key, _without_self(batches, claimed))
+        c.execute(
+            text(
+                "UPDATE matching_person SET x_id = :x, x_username = :username,"
+                " import_key = :k, import_id = :iid, import_sent_at = :sent,"
+                " updated_at = :now WHERE person_key = :p"
+            ),
+            {
+                "x": claimed,
+                "username": archive.x_username,
+                "k": import_key,
+                "iid": archive.import_id,
+                "sent": archive.sent_at,
+                "now": self.clock(),
+                "p": key,
+            },
+        )
+        if match:
+            if old_x != claimed:
+                self._drop_towards(c, key)
+            self._refresh_owner(c, key, import_key, prune=old_import is not None)
+        # Everyone claiming the new X id (the person too) or the old one: their
+        # trust may have changed, and with it the matches towards them.
+        claimants = self._refresh_claimants(c, claimed, old_x, refresh=match)
+        scope = Scope(owners={key}, targets=claimants | {key})
+        return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
 
     def _import_postgres(
-        self, archive: Archive, claimed: int | None, batches: Iterable[EdgeBatch], *, match: bool
-    ) -> Outcome:
-        """The same as on SQLite, with the bookkeeping in one server-side call
-        (``matching_import_begin``, migration 0004): an archive is then five round
-        trips — ``BEGIN``, that call, the ``COPY`` of its runs (two), the commit —
-        where it was ten."""
-        with self._write(lock=False) as c:
-            row = c.execute(
-                text(
-                    "SELECT * FROM matching_import_begin(:lock, :pid, :digest, :region, :iid,"
-                    " :sent, :x, :username, :now, :claimed, :disputed, :verified)"
-                ),
-                {
-                    "lock": ADVISORY_LOCK,
-                    "pid": archive.person_id,
-                    "digest": tombstone_digest(archive.person_id),
-                    "region": archive.region,
-                    "iid": archive.import_id,
-                    "sent": archive.sent_at,
-                    "x": claimed,
-                    "username": archive.x_username,
-                    "now": self.clock(),
-                    "claimed": CLAIMED,
-                    "disputed": DISPUTED,
-                    "verified": VERIFIED,
-                },
-            ).one()
+        self,
+        c: Connection,
+        group: Sequence[tuple[Archive, Iterable[EdgeBatch]]],
+        *,
+        match: bool,
+    ) -> list[Outcome]:
+        """The same as on SQLite for archives of distinct people, with the bookkeeping
+        of each in the server-side ``matching_import_begin`` (migration 0004), called
+        for the whole group in one statement, in order; then one ``COPY`` of every
+        applied archive's runs."""
+        claims = [claim_to_db(a.x_account_id) for a, _ in group]
+        rows = c.execute(
+            text(
+                "SELECT b.* FROM unnest(CAST(:pids AS text[]), CAST(:digests AS text[]),"
+                " CAST(:regions AS text[]), CAST(:iids AS text[]),"
+                " CAST(:sents AS double precision[]), CAST(:xs AS bigint[]),"
+                " CAST(:usernames AS text[]))"
+                " WITH ORDINALITY AS a(pid, digest, region, iid, sent, x, username, ord)"
+                " CROSS JOIN LATERAL matching_import_begin(:lock, a.pid, a.digest, a.region,"
+                " a.iid, a.sent, a.x, a.username, :now, :claimed, :disputed, :verified) b"
+                " ORDER BY a.ord"
+            ),
+            {
+                "lock": ADVISORY_LOCK,
+                "pids": [a.person_id for a, _ in group],
+                "digests": [tombstone_digest(a.person_id) for a, _ in group],
+                "regions": [a.region for a, _ in group],
+                "iids": [a.import_id for a, _ in group],
+                "sents": [a.sent_at for a, _ in group],
+                "xs": claims,
+                "usernames": [a.x_username for a, _ in group],
+                "now": self.clock(),
+                "claimed": CLAIMED,
+                "disputed": DISPUTED,
+                "verified": VERIFIED,
+            },
+        ).all()
+        writes: list[tuple[int, Iterable[EdgeBatch]]] = []
+        for (_, batches), claimed, row in zip(group, claims, rows, strict=True):
+            if row.status == "applied":
+                if row.old_import is not None:
+                    self.edges.delete(c, int(row.old_import))
+                writes.append((int(row.import_key), _without_self(batches, claimed)))
+        stored = iter(self.edges.write_many(c, writes))
+        outcomes: list[Outcome] = []
+        for claimed, row in zip(claims, rows, strict=True):
             if row.status != "applied":
-                return Outcome(applied=False, detail=str(row.status))
+                outcomes.append(Outcome(applied=False, detail=str(row.status)))
+                continue
             key, import_key = int(row.person_key), int(row.import_key)
-            old_x, old_import = row.old_x, row.old_import
-            if old_import is not None:
-                self.edges.delete(c, int(old_import))
-            stored = self.edges.write(c, import_key, _without_self(batches, claimed))
             claimants = [int(k) for k in row.claimants]
             if match:
-                if old_x != claimed:
+                if row.old_x != claimed:
                     self._drop_towards(c, key)
-                self._refresh_owner(c, key, import_key, prune=old_import is not None)
+                self._refresh_owner(c, key, import_key, prune=row.old_import is not None)
                 for target, consenting, x_id in zip(
                     claimants, row.consenting, row.claimed_x, strict=True
                 ):
                     self._refresh_target(c, target, int(x_id), consenting=bool(consenting))
             scope = Scope(owners={key}, targets=set(claimants) | {key})
-            return Outcome(applied=True, scope=scope, detail=f"{stored} edges")
+            outcomes.append(Outcome(applied=True, scope=scope, detail=f"{next(stored)} edges"))
+        return outcomes
 
     def link_identity(
         self,
@@ -740,17 +783,25 @@ class MatchingStore:
             empty = c.execute(text("SELECT 1 FROM matching_match LIMIT 1")).first() is None
             if empty and self.dialect == "postgresql":
                 # A first build: one plain insert in key order (nothing to conflict
-                # with), the secondary indexes built afterwards, in bulk.
+                # with: the GROUP BY makes the keys unique), every index — the
+                # primary key too — built afterwards, in bulk.
                 c.execute(text("SET LOCAL work_mem = '256MB'"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_target"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending"))
                 c.execute(text("DROP INDEX IF EXISTS ix_matching_match_pending_target"))
+                c.execute(text("ALTER TABLE matching_match DROP CONSTRAINT matching_match_pkey"))
                 c.execute(
                     text(
                         self._INSERT + f" FROM ({derived}) d"
                         " ORDER BY d.person_key, d.network, d.target_key"
                     ),
                     {"now": self.clock()},
+                )
+                c.execute(
+                    text(
+                        "ALTER TABLE matching_match ADD CONSTRAINT matching_match_pkey"
+                        " PRIMARY KEY (person_key, network, target_key)"
+                    )
                 )
                 c.execute(
                     text(
@@ -1286,6 +1337,23 @@ def _newer_import(person: dict[str, Any] | None, import_id: str, sent_at: float)
     if person is None or person["import_sent_at"] is None or person["import_id"] == import_id:
         return True
     return bool(sent_at > person["import_sent_at"])
+
+
+def _distinct_people(
+    archives: Sequence[tuple[Archive, Iterable[EdgeBatch]]],
+) -> Iterator[list[tuple[Archive, Iterable[EdgeBatch]]]]:
+    """The archives in order, cut into groups where each person appears once (a
+    later archive of a person starts a new group, so it sees the earlier one)."""
+    group: list[tuple[Archive, Iterable[EdgeBatch]]] = []
+    people: set[str] = set()
+    for item in archives:
+        if item[0].person_id in people:
+            yield group
+            group, people = [], set()
+        group.append(item)
+        people.add(item[0].person_id)
+    if group:
+        yield group
 
 
 def _without_self(batches: Iterable[EdgeBatch], own: int | None) -> Iterator[EdgeBatch]:
