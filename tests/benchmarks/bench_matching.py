@@ -14,8 +14,9 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
 2. **load**: every archive's two payloads decoded by ``passerelle_xarchive`` and
    loaded by ``MatchingStore.import_archives``, ``archive_batch`` archives per
    transaction — the code the batched ``archive.imported`` intake runs after
-   fetching the objects, with ``match=False`` (the matching is phase 4) — then ``MatchingStore.compact_edges`` (what the service's
-   compactor does at its next tick: the target index) and ``ANALYZE``; all of it
+   fetching the objects, with ``match=False`` (the matching is phase 4) — then
+   ``MatchingStore.compact_edges`` (what the service's compactor does at its next
+   tick: the target index) and ``ANALYZE``; all of it
    counts as the load;
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
    unindexed table, from CSV (as the issue measured) and from binary;
