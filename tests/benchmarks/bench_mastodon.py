@@ -296,7 +296,7 @@ def sender_env(server: LeanServer, extra: dict[str, str] | None = None) -> dict[
         "PASSERELLE_MASTODON_INSTANCE_URLS_FILE": str(server.peers_file),
         "PASSERELLE_MASTODON_ALLOW_HTTP": "true",
         "PASSERELLE_MASTODON_HTTP_TIMEOUT_SECONDS": "60",
-        "PASSERELLE_MASTODON_INTAKE_BATCH": "500",
+        "PASSERELLE_MASTODON_INTAKE_BATCH": "2000",
         **(extra or {}),
     }
 
@@ -456,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-targets", type=int, default=50, help="more accounts per instance")
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours measured")
     parser.add_argument(
-        "--lead-hours", type=float, default=6.0, help="simulated hours before the window"
+        "--lead-hours",
+        type=float,
+        default=12.0,
+        help="simulated hours before the window (the sender takes in the backlog)",
     )
     parser.add_argument(
         "--startup-seconds",
