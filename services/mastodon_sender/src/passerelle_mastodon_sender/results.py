@@ -53,7 +53,7 @@ class ResultPublisher:
                 "messaging.batch.message_count": len(results),
             },
         ):
-            carrier: dict[str, str] = {}
+            carrier = {"content-type": "application/json"}  # as FastStream's publish sets it
             propagate.inject(carrier)
             for result in results:
                 try:
