@@ -4,14 +4,16 @@ Run: ``uv run python -m tests.benchmarks.bench_mastodon [--people 1000] [--insta
 [--backlog 1000] [--hours 24] [--speedup 216]`` (``just bench mastodon``).
 
 The real sender (its console script, its durable NATS consumer, its SQLite ledger) on a
-real ``nats-server``, against real test instances (``tests/peers/mastodon``: one process
-per instance, OAuth, WebFinger resolve across instances, federation of follows) that
+real ``nats-server``, against ``instances`` Mastodon APIs served by one lean process
+(``tests/benchmarks/mastodon_server.py``: one port per instance, no federation) that
 enforce Mastodon's limits (400 follows a day per account, 300 calls per 5 minutes per
-token, fixed windows aligned to the epoch) on a simulated clock the sender shares, and
-record every follow attempt (refusals and duplicates included).
+token, fixed windows aligned to the epoch, rate headers, 429s) on a simulated clock the
+sender shares, and record every follow (refusals and duplicates counted).
 
-1. ``people`` accounts, spread over ``instances``, are linked through the real OAuth
-   flow (``rpc.mastodon.authorize``, the authorize page, ``rpc.mastodon.link``);
+1. ``people`` accounts, spread over ``instances``, are linked through the sender's
+   OAuth flow (``rpc.mastodon.authorize``, the authorize URL it gives, which the lean
+   server approves at once, ``rpc.mastodon.link``: the code exchange and
+   ``verify_credentials`` are the sender's real calls);
 2. the sender stops; each person gets a backlog of ``backlog`` follow requests
    (targets drawn from every instance), published round-robin to NATS;
 3. the instances' clocks and the sender's are set to ``lead`` hours before a UTC
@@ -32,10 +34,10 @@ import json
 import math
 import random
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,6 @@ from passerelle_contracts.rpc import (
     MastodonLinkRequest,
 )
 from passerelle_mastodon_sender.clock import FastClock
-from tests.peers.mastodon.clock import parse_iso
-from tests.peers.mastodon.harness import MastodonFleet, MastodonInstance
 from tests.support.nats import NatsServer
 from tests.support.services import ServiceProcess
 
@@ -117,23 +117,77 @@ def cpu_seconds(marker: str) -> float:
 # --- setup -------------------------------------------------------------------------------
 
 
-def populate(fleet: MastodonFleet, people: int, extra: int) -> tuple[list[Person], list[str]]:
+class LeanServer:
+    """The lean Mastodon server process (``tests.benchmarks.mastodon_server``)."""
+
+    MODULE = "tests.benchmarks.mastodon_server"
+
+    def __init__(self, domains: list[str], work: Path) -> None:
+        self.domains = domains
+        self.peers_file = work / "peers.json"
+        self.log_path = work / "mastodon_server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.urls: dict[str, str] = {}
+
+    def start(self) -> LeanServer:
+        self.peers_file.unlink(missing_ok=True)
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                self.MODULE,
+                "--domains",
+                ",".join(self.domains),
+                "--ports-file",
+                str(self.peers_file),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 60
+        while not self.peers_file.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench server did not start: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.urls = json.loads(self.peers_file.read_text())
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    @property
+    def control(self) -> str:
+        return self.urls[self.domains[0]] + "/_bench"
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return httpx.post(self.control + path, json=body, timeout=60).json()
+
+    def get(self, path: str) -> Any:
+        return httpx.get(self.control + path, timeout=600).json()
+
+
+def populate(server: LeanServer, people: int, extra: int) -> tuple[list[Person], list[str]]:
     """People spread over the instances, plus ``extra`` more accounts on each to follow."""
-    domains = fleet.domains
-    per_domain: dict[str, int] = dict.fromkeys(domains, 0)
+    domains = server.domains
+    per_domain: dict[str, list[str]] = {d: [] for d in domains}
     persons = []
     for i in range(people):
         domain = domains[i % len(domains)]
-        per_domain[domain] += 1
-        persons.append(Person(f"bench-{i}", domain, f"p{per_domain[domain]}"))
+        username = f"p{len(per_domain[domain]) + 1}"
+        per_domain[domain].append(username)
+        persons.append(Person(f"bench-{i}", domain, username))
     pool = [p.acct for p in persons]
     for domain in domains:
-        instance = fleet[domain]
-        if per_domain[domain]:
-            instance.create_accounts(per_domain[domain], prefix="p", followers_count=100)
-        if extra:
-            instance.create_accounts(extra, prefix="t")
-            pool += [f"t{k}@{domain}" for k in range(1, extra + 1)]
+        extras = [f"t{k}" for k in range(1, extra + 1)]
+        server.post("/accounts", {"domain": domain, "usernames": per_domain[domain] + extras})
+        pool += [f"{t}@{domain}" for t in extras]
     return persons, pool
 
 
@@ -147,12 +201,11 @@ async def ask(nc: Any, subject: str, payload: bytes) -> bytes:
     raise RuntimeError(f"no answer on {subject}")
 
 
-async def link_people(url: str, fleet: MastodonFleet, persons: list[Person]) -> None:
-    """The real OAuth flow for every person, a few at a time."""
+async def link_people(url: str, persons: list[Person]) -> None:
+    """The sender's OAuth flow for every person, a few at a time."""
     nc = await nats.connect(url)
-    gate = asyncio.Semaphore(8)
-    pool = ThreadPoolExecutor(8)
-    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(16)
+    web = httpx.AsyncClient(timeout=60)
 
     async def one(person: Person) -> None:
         async with gate:
@@ -165,24 +218,24 @@ async def link_people(url: str, fleet: MastodonFleet, persons: list[Person]) -> 
             )
             if reply.authorize_url is None:
                 raise RuntimeError(f"authorize failed: {reply.error}")
-            instance: MastodonInstance = fleet[person.domain]
-            result = await loop.run_in_executor(
-                pool, instance.click_authorize, reply.authorize_url, person.username
-            )
-            if result.code is None or result.state != state:
-                raise RuntimeError(f"no code for {person.acct}: {result.location}")
+            consent = httpx.URL(reply.authorize_url).copy_add_param("bench_user", person.username)
+            answer = await web.get(consent)
+            back = httpx.URL(answer.headers.get("location", ""))
+            code = back.params.get("code")
+            if answer.status_code != 302 or code is None or back.params.get("state") != state:
+                raise RuntimeError(f"no code for {person.acct}: {answer.status_code}")
             link = MastodonLinkRequest(
                 region="local",
                 person_id=person.person_id,
                 instance=person.domain,
-                code=result.code,
+                code=code,
                 redirect_uri=REDIRECT_URI,
             )
-            answer = LinkReply.model_validate_json(
+            linked = LinkReply.model_validate_json(
                 await ask(nc, link.subject, link.model_dump_json().encode())
             )
-            if answer.account != person.acct:
-                raise RuntimeError(f"link failed for {person.acct}: {answer.error}")
+            if linked.account != person.acct:
+                raise RuntimeError(f"link failed for {person.acct}: {linked.error}")
 
     try:
         # One person per instance first: the OAuth app is registered once per instance.
@@ -191,7 +244,7 @@ async def link_people(url: str, fleet: MastodonFleet, persons: list[Person]) -> 
         rest = [p for p in persons if firsts[p.domain] is not p]
         await asyncio.gather(*(one(p) for p in rest))
     finally:
-        pool.shutdown()
+        await web.aclose()
         await nc.close()
 
 
@@ -225,28 +278,6 @@ async def publish_backlogs(
 # --- measuring -----------------------------------------------------------------------------
 
 
-def sum_stats(fleet: MastodonFleet) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for instance in fleet:
-        for key, value in instance.stats()["counters"].items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total[key] = total.get(key, 0) + int(value)
-    return total
-
-
-def follow_times(fleet: MastodonFleet) -> dict[str, list[float]]:
-    """Simulated times of the follows each local account made through the API."""
-    out: dict[str, list[float]] = {}
-    with httpx.Client(timeout=600) as client:
-        for instance in fleet:
-            body = client.get(f"{instance.url}/_test/follows").json()
-            for follow in body["follows"]:
-                if follow.get("origin") == "api":
-                    acct = f"{follow['account']}@{instance.domain}"
-                    out.setdefault(acct, []).append(parse_iso(follow["created_at"]))
-    return out
-
-
 def sender_backlog(sender: ServiceProcess) -> int | None:
     try:
         text = httpx.get(sender.base_url + "/metrics", timeout=5).text
@@ -258,14 +289,14 @@ def sender_backlog(sender: ServiceProcess) -> int | None:
     return None
 
 
-def sender_env(fleet: MastodonFleet, extra: dict[str, str] | None = None) -> dict[str, str]:
+def sender_env(server: LeanServer, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
         "PASSERELLE_REGION": "local",
         "PASSERELLE_LOG_LEVEL": "WARNING",
-        "PASSERELLE_MASTODON_INSTANCE_URLS_FILE": str(fleet.peers_file),
+        "PASSERELLE_MASTODON_INSTANCE_URLS_FILE": str(server.peers_file),
         "PASSERELLE_MASTODON_ALLOW_HTTP": "true",
         "PASSERELLE_MASTODON_HTTP_TIMEOUT_SECONDS": "60",
-        "PASSERELLE_MASTODON_INTAKE_BATCH": "500",
+        "PASSERELLE_MASTODON_INTAKE_BATCH": "2000",
         **(extra or {}),
     }
 
@@ -275,23 +306,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     domains = [f"i{k:02d}.test" for k in range(args.instances)]
     nats_server = NatsServer(work / "jetstream").start()
-    fleet = MastodonFleet(domains, base_dir=work / "fleet", startup_timeout=120)
+    server = LeanServer(domains, work)
     sender: ServiceProcess | None = None
     try:
         started = time.monotonic()
-        fleet.start()
-        persons, pool = populate(fleet, args.people, args.extra_targets)
+        server.start()
+        persons, pool = populate(server, args.people, args.extra_targets)
         if args.backlog >= len(pool):
             raise SystemExit(f"--backlog must be below the pool of {len(pool)} accounts")
         elapsed = time.monotonic() - started
         log(f"{len(domains)} instances up, {len(pool):,} accounts ({elapsed:.0f} s)")
 
-        sender = ServiceProcess("mastodon_sender", nats_server.url, work, sender_env(fleet))
+        sender = ServiceProcess("mastodon_sender", nats_server.url, work, sender_env(server))
         sender.start()
         sender.wait_http("/readyz", timeout=120)
-        await link_people(nats_server.url, fleet, persons)
+        await link_people(nats_server.url, persons)
         sender.stop()
-        log(f"{len(persons):,} people linked by OAuth ({time.monotonic() - started:.0f} s)")
+        log(f"{len(persons):,} people linked ({time.monotonic() - started:.0f} s)")
 
         published = await publish_backlogs(nats_server.url, persons, pool, args.backlog, args.seed)
         log(f"{published:,} follow requests published ({time.monotonic() - started:.0f} s)")
@@ -312,7 +343,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             nats_server.url,
             work,
             sender_env(
-                fleet,
+                server,
                 {
                     "PASSERELLE_MASTODON_CLOCK_SPEEDUP": str(args.speedup),
                     "PASSERELLE_MASTODON_CLOCK_ORIGIN": repr(clock.origin),
@@ -323,8 +354,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
             ),
         )
-        for instance in fleet:
-            instance.set_clock(now=clock.now(), speedup=args.speedup)
+        server.post(
+            "/clock", {"origin": clock.origin, "start": clock.start, "speedup": args.speedup}
+        )
         sender.start()
         sender.wait_http("/readyz", timeout=120)
         if clock.now() >= t_window:
@@ -340,10 +372,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(min(5.0, max(0.01, (mark - clock.now()) / args.speedup)))
             if cpu0 is None and clock.now() >= t_window:
                 cpu0, cpu0_real = cpu_seconds("passerelle-mastodon-sender"), time.monotonic()
-                servers0 = cpu_seconds("tests.peers.mastodon")
+                servers0 = cpu_seconds(LeanServer.MODULE)
                 nats0 = cpu_seconds("nats-server")
                 continue
-            stats = sum_stats(fleet)
+            stats = server.get("/stats")["counters"]
             log(
                 f"sim {(clock.now() - t_window) / 3600:+6.2f} h  "
                 f"follows {stats.get('follows.created', 0):>9,}  "
@@ -355,18 +387,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert cpu0_real is not None
         real = time.monotonic() - cpu0_real
         cpu = cpu_seconds("passerelle-mastodon-sender") - cpu0
-        servers_cpu = cpu_seconds("tests.peers.mastodon") - servers0
+        servers_cpu = cpu_seconds(LeanServer.MODULE) - servers0
         nats_cpu = cpu_seconds("nats-server") - nats0
         sender.stop()
         sender = None
-        for instance in fleet:
-            instance.set_clock(speedup=0)
-        stats = sum_stats(fleet)
-        times = follow_times(fleet)
+        server.post("/clock", {"speedup": 0})
+        stats = server.get("/stats")["counters"]
+        times: dict[str, list[float]] = server.get("/follows")
     finally:
         if sender is not None:
             sender.stop()
-        fleet.stop()
+        server.stop()
         nats_server.stop()
 
     windows = math.ceil(t_end / DAY) - math.floor(t_window / DAY)
@@ -403,11 +434,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "follows_total": sum(len(v) for v in times.values()),
         "real_seconds": round(real, 1),
         "sender_cpu_seconds": round(cpu, 1),
-        "instances_cpu_seconds": round(servers_cpu, 1),
-        "instances_cpu_ms_per_follow": round(1000 * servers_cpu / done, 3) if done else None,
+        "server_cpu_seconds": round(servers_cpu, 1),
+        "server_cpu_ms_per_follow": round(1000 * servers_cpu / done, 3) if done else None,
         "nats_cpu_seconds": round(nats_cpu, 1),
         "cpu_cores_used": round((cpu + servers_cpu + nats_cpu) / real, 2),
+        "nats_cpu_ms_per_follow": round(1000 * nats_cpu / done, 3) if done else None,
+        "throttled_calls": stats.get("throttled", 0),
+        "follows_refused": stats.get("follows.refused_rate_limit", 0),
         "api_requests": stats.get("requests", 0),
+        "resolves": stats.get("resolves", 0),
+        "relationships_calls": stats.get("relationships", 0),
         "load_average_1m": round(psutil.getloadavg()[0], 2),
     }
 
@@ -420,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-targets", type=int, default=50, help="more accounts per instance")
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours measured")
     parser.add_argument(
-        "--lead-hours", type=float, default=6.0, help="simulated hours before the window"
+        "--lead-hours",
+        type=float,
+        default=12.0,
+        help="simulated hours before the window (the sender takes in the backlog)",
     )
     parser.add_argument(
         "--startup-seconds",

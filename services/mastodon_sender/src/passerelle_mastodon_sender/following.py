@@ -15,10 +15,11 @@ follows a moment later) counts as made: the call succeeded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from passerelle_mastodon_sender.errors import (
     TokenRevokedError,
 )
 from passerelle_mastodon_sender.instances import full_acct, normalize_acct
-from passerelle_mastodon_sender.ledger import Claimed, Ledger, Outcome, Result
+from passerelle_mastodon_sender.ledger import Claimed, Ledger, Outcome
 from passerelle_mastodon_sender.metrics import SenderMetrics
 from passerelle_mastodon_sender.models import MastodonLink
 from passerelle_mastodon_sender.settings import Settings
@@ -48,11 +49,17 @@ from passerelle_mastodon_sender.vault import Vault, VaultError
 from passerelle_platform.telemetry import trace_parents
 
 Publish = Callable[[Event], Awaitable[bool]]
+PublishResults = Callable[[Sequence[FollowResult]], Awaitable[set[str]]]
 
 MAX_REFUSALS = 5
 """429s in a row on one call before its rows are put back for later."""
 RESOLVED_CACHE_SIZE = 200_000
 STOP_FLUSH_SECONDS = 5.0
+RESULTS_PAGE = 2000
+
+
+class ResultsNotPublishedError(Exception):
+    """Some results of a page were not acked by the stream: they go out again."""
 
 
 @dataclass
@@ -103,6 +110,7 @@ class Follower:
         vault: Vault,
         metrics: SenderMetrics,
         publish: Publish,
+        publish_results: PublishResults,
         region: str,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
@@ -115,6 +123,7 @@ class Follower:
         self.vault = vault
         self.metrics = metrics
         self.publish = publish
+        self.publish_results = publish_results
         self.region = region
         self.log = log
         self._lanes: dict[str, _Lane] = {}
@@ -686,33 +695,39 @@ class Follower:
             await self._write_outcomes()
         while self._unpublished:
             self._unpublished = False
-            results = await self.db.run(self.ledger.unpublished, 2000)
+            results = await self.db.run(self.ledger.unpublished, RESULTS_PAGE)
             if not results:
                 return
-            gate = asyncio.Semaphore(self.settings.mastodon_result_publish_concurrency)
             try:
-                await asyncio.gather(*(self._send_result(r, gate) for r in results))
+                acked = await self.publish_results(
+                    [
+                        FollowResult(
+                            region=self.region,
+                            follow_id=r.follow_id,
+                            person_id=r.person_id,
+                            network="mastodon",
+                            target=r.target,
+                            outcome=r.outcome,
+                            reason=r.reason,
+                        )
+                        for r in results
+                    ]
+                )
             except BaseException:
                 self._unpublished = True
                 raise
-            await self.db.run(self.ledger.mark_published, [r.follow_id for r in results])
-            for r in results:
-                self.metrics.follows.labels("mastodon", r.outcome, r.reason or "").inc()
-            self._unpublished = len(results) == 2000
-
-    async def _send_result(self, result: Result, gate: asyncio.Semaphore) -> None:
-        async with gate:
-            await self.publish(
-                FollowResult(
-                    region=self.region,
-                    follow_id=result.follow_id,
-                    person_id=result.person_id,
-                    network="mastodon",
-                    target=result.target,
-                    outcome=result.outcome,
-                    reason=result.reason,
-                )
+            await self.db.run(
+                self.ledger.mark_published, [r.follow_id for r in results if r.follow_id in acked]
             )
+            counts = collections.Counter(
+                (r.outcome, r.reason or "") for r in results if r.follow_id in acked
+            )
+            for (outcome, reason), n in counts.items():
+                self.metrics.follows.labels("mastodon", outcome, reason).inc(n)
+            if len(acked) < len(results):
+                self._unpublished = True
+                raise ResultsNotPublishedError(f"{len(results) - len(acked)} results not acked")
+            self._unpublished = len(results) == RESULTS_PAGE
 
     async def _gauges(self) -> None:
         while True:

@@ -15,6 +15,7 @@ from passerelle_mastodon_sender.intake import FollowIntake
 from passerelle_mastodon_sender.ledger import Ledger
 from passerelle_mastodon_sender.linking import Linker
 from passerelle_mastodon_sender.metrics import SenderMetrics
+from passerelle_mastodon_sender.results import ResultPublisher
 from passerelle_mastodon_sender.settings import Settings
 from passerelle_mastodon_sender.store import Store
 from passerelle_mastodon_sender.vault import Vault
@@ -70,6 +71,9 @@ class MastodonSender:
             vault=self.vault,
             metrics=self.metrics,
             publish=self.publish,
+            publish_results=ResultPublisher(
+                runtime.broker, concurrency=settings.mastodon_result_publish_concurrency
+            ),
             region=settings.region,
             log=self.log,
         )
