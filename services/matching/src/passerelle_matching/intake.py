@@ -62,7 +62,11 @@ class ArchiveIntake:
         handled = self.service.runtime.metrics.messages_handled
         durable = self.consumer.durable
         valid: list[tuple[Msg, ArchiveImported]] = []
-        links: list[trace.Link] = []
+        tracer = self.service.runtime.tracer_provider.get_tracer("passerelle_matching")
+        # Each archive keeps its upload's trace (one step, one trace); the batch's
+        # shared work hangs under the archive's span when it is alone (the usual case),
+        # else under a batch span linked to every archive's.
+        spans: list[trace.Span] = []
         for message in messages:
             try:
                 valid.append((message, ArchiveImported.model_validate_json(message.data)))
@@ -71,29 +75,46 @@ class ArchiveIntake:
                 handled.labels(durable, "nack").inc()
                 await message.nak()
                 continue
-            context = trace.get_current_span(propagate.extract(dict(message.headers or {})))
-            if context.get_span_context().is_valid:
-                links.append(trace.Link(context.get_span_context()))
+            spans.append(
+                tracer.start_span(
+                    f"{message.subject} process",
+                    context=propagate.extract(dict(message.headers or {})),
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.system": "nats", "messaging.operation": "process"},
+                )
+            )
         if not valid:
             return
-        tracer = self.service.runtime.tracer_provider.get_tracer("passerelle_matching")
-        with tracer.start_as_current_span(
-            "archive intake",
-            links=links,
-            attributes={"messaging.batch.message_count": len(valid)},
-        ):
-            try:
-                results = await self.service.on_archives([event for _, event in valid])
-            except Exception:
-                self.service.log.exception("archive batch not handled; it comes back later")
-                for message, _ in valid:
+        if len(spans) == 1:
+            batch = trace.set_span_in_context(spans[0])
+            links: list[trace.Link] = []
+        else:
+            batch, links = None, [trace.Link(s.get_span_context()) for s in spans]
+        try:
+            with tracer.start_as_current_span(
+                "archive intake",
+                context=batch,
+                links=links,
+                attributes={"messaging.batch.message_count": len(valid)},
+            ):
+                try:
+                    results = await self.service.on_archives([event for _, event in valid])
+                except Exception as error:
+                    self.service.log.exception("archive batch not handled; it comes back later")
+                    for message, _ in valid:
+                        await message.nak(delay=RETRY_DELAY_SECONDS)
+                    handled.labels(durable, "nack").inc(len(valid))
+                    for span in spans:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+                    return
+            for (message, _), result, span in zip(valid, results, spans, strict=True):
+                if isinstance(result, BaseException):
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, type(result).__name__))
                     await message.nak(delay=RETRY_DELAY_SECONDS)
-                handled.labels(durable, "nack").inc(len(valid))
-                return
-        for (message, _), result in zip(valid, results, strict=True):
-            if isinstance(result, BaseException):
-                await message.nak(delay=RETRY_DELAY_SECONDS)
-                handled.labels(durable, "nack").inc()
-            else:
-                await message.ack()
-                handled.labels(durable, "ack").inc()
+                    handled.labels(durable, "nack").inc()
+                else:
+                    await message.ack()
+                    handled.labels(durable, "ack").inc()
+        finally:
+            for span in spans:
+                span.end()
