@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,18 @@ def test_call_reservations_only_grow(engine: Engine) -> None:
     current = store.link("p1")
     assert current is not None
     assert (current.requests_window_end, current.requests_reserved) == (T + 600, 25)
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(postgres_url: str) -> None:
+    """Two replicas starting on a new database: one migrates, the other waits, both start."""
+    engines = [make_engine(postgres_url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(migrate, e, MIGRATIONS, "mastodon_sender") for e in engines]
+            for future in done:
+                future.result()
+        link(engines[0], "p1")
+        assert Leases(engines[1], "r1").claim("p1", T, T + 60).taken
+    finally:
+        for engine in engines:
+            engine.dispose()

@@ -154,7 +154,7 @@ class Follower:
         self._unpublished = True
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self._lease = settings.mastodon_lease_seconds
+        self._lease = settings.mastodon_lease
         self._holding: dict[str, float] = {}
         """Leases held by lanes: person → ``lease_until``."""
         self._releases: dict[str, tuple[float, float]] = {}

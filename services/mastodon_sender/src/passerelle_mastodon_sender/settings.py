@@ -79,10 +79,11 @@ class Settings(PlatformSettings):
     """Who holds an account's lease while working on it (default ``hostname:http_port``).
     Replicas sharing a database need distinct ids; a restarted replica with the same id
     takes its accounts back at once (others wait for the lease to lapse)."""
-    mastodon_lease_seconds: float = Field(default=60.0, gt=0)
-    """How long an account stays with a replica that stops renewing (real seconds); a
-    lease is renewed once half of it is gone, always before a call. More than twice
-    the HTTP timeout, so a call sent under a lease is over before it lapses."""
+    mastodon_lease_seconds: float | None = Field(default=None, gt=0)
+    """How long an account stays with a replica that stops renewing (real seconds;
+    default four HTTP timeouts, 60 s); a lease is renewed once half of it is gone,
+    always before a call. More than twice the HTTP timeout, so a call sent under a
+    lease is over before it lapses."""
     mastodon_park_after_seconds: float = Field(default=120.0, gt=0)
     """A lane whose account must wait longer than this for its budget (or its next
     retry) gives the account up until then instead of holding it (real seconds)."""
@@ -109,6 +110,13 @@ class Settings(PlatformSettings):
     mastodon_clock_start: float | None = None
     """What the clock reads at the origin (default: the origin itself)."""
 
+    @property
+    def mastodon_lease(self) -> float:
+        """The lease duration in force (real seconds)."""
+        if self.mastodon_lease_seconds is not None:
+            return self.mastodon_lease_seconds
+        return 4 * self.mastodon_http_timeout_seconds
+
     @classmethod
     def required_secrets(cls) -> tuple[str, ...]:
         return ("encryption_keys",)
@@ -127,7 +135,7 @@ class Settings(PlatformSettings):
             from passerelle_mastodon_sender.vault import parse_keys
 
             parse_keys(self.encryption_keys.get_secret_value(), dev=False)
-        if self.mastodon_lease_seconds <= 2 * self.mastodon_http_timeout_seconds:
+        if self.mastodon_lease <= 2 * self.mastodon_http_timeout_seconds:
             raise ValueError(
                 "PASSERELLE_MASTODON_LEASE_SECONDS must be more than twice "
                 "PASSERELLE_MASTODON_HTTP_TIMEOUT_SECONDS"
