@@ -272,9 +272,9 @@ async def test_a_killed_replicas_accounts_are_taken_over_after_their_leases_laps
     # r2 took r1's accounts over (the leases name it now)...
     leases = replicas.leases()
     assert all(leases[p][0] == "r2" for p in held), (held, leases)
-    # ...and not before their leases lapsed: nothing was followed for them from just
-    # after the kill (calls r1 had sent may still land) until the lapse.
-    quiet_from = replicas.simulated(killed_at + 0.5)
+    # ...and not before their leases lapsed: nothing was followed for them from a
+    # second after the kill (calls r1 had sent may still land) until the lapse.
+    quiet_from = replicas.simulated(killed_at + 1.0)
     for domain, user in PEOPLE:
         if f"p-{user}" not in held:
             continue
