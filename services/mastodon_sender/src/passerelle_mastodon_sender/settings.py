@@ -75,7 +75,7 @@ class Settings(PlatformSettings):
     """Re-read the account's following/followers counts (follow cap) at most this often."""
 
     # --- replicas (leases) ------------------------------------------------------------------
-    mastodon_replica_id: str | None = Field(default=None, min_length=1, max_length=64)
+    mastodon_replica_id: str | None = Field(default=None, min_length=1, max_length=200)
     """Who holds an account's lease while working on it (default ``hostname:http_port``).
     Replicas sharing a database need distinct ids; a restarted replica with the same id
     takes its accounts back at once (others wait for the lease to lapse)."""

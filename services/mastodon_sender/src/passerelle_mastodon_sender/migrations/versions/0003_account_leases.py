@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("mastodon_link") as batch:
-        batch.add_column(sa.Column("lease_owner", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("lease_owner", sa.String(255), nullable=True))
         batch.add_column(sa.Column("lease_until", sa.Float(), nullable=True))
 
 
