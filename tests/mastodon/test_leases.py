@@ -7,13 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 import passerelle_mastodon_sender
 from passerelle_contracts import MastodonFollowRequested, follow_id
 from passerelle_mastodon_sender.leases import Leases
 from passerelle_mastodon_sender.ledger import INTERRUPTED, Ledger
-from passerelle_mastodon_sender.models import MastodonLink
+from passerelle_mastodon_sender.models import MastodonLink, metadata
 from passerelle_mastodon_sender.store import Store
 from passerelle_platform.db import make_engine, migrate
 
@@ -177,3 +180,15 @@ def test_replicas_starting_together_migrate_one_at_a_time(postgres_url: str) -> 
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    # SQLModel's metadata is shared by every service imported in this test run:
+    # compare only this service's tables.
+    ours_only = sa.MetaData()
+    for table in metadata.tables.values():
+        if table.name.startswith("mastodon_"):
+            table.to_metadata(ours_only)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), ours_only)
+    assert [d for d in diff if "alembic_version" not in str(d)] == []
