@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 import passerelle_mastodon_sender
 from passerelle_contracts import MastodonFollowRequested, follow_id
-from passerelle_mastodon_sender.ledger import INTERRUPTED, Ledger, Outcome
+from passerelle_mastodon_sender.ledger import Ledger, Outcome
 from passerelle_platform.db import make_engine, migrate
 
 MIGRATIONS = Path(passerelle_mastodon_sender.__file__).parent / "migrations"
@@ -96,17 +96,6 @@ def test_a_late_outcome_does_not_undo_a_bulk_failure(engine: Engine) -> None:
     assert ledger.fail_open("p1", "unlinked", 101.0) == 1
     ledger.finish([Outcome(row.follow_id, "p1", "pending", next_try_at=102.0)])
     assert [(r.outcome, r.reason) for r in ledger.unpublished(10)] == [("failed", "unlinked")]
-
-
-def test_recovery_marks_interrupted_rows(engine: Engine) -> None:
-    ledger = Ledger(engine)
-    ledger.accept([request("p1", "t0@b.test"), request("p2", "t0@b.test")], 100.0)
-    ledger.claim("p1", 100.0, 10)
-    assert ledger.recover() == 1
-    assert sorted(ledger.persons_with_work()) == ["p1", "p2"]
-    (row,) = ledger.claim("p1", 100.0, 10)
-    assert row.interrupted
-    assert INTERRUPTED == "interrupted"
 
 
 def test_erasure_deletes_rows_of_and_towards_the_person(engine: Engine) -> None:

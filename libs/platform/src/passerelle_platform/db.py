@@ -7,6 +7,7 @@ service keeps its own version table so several can share one Postgres database.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from prometheus_client import Counter
-from sqlalchemy import Engine, MetaData, create_engine, event, exc
+from sqlalchemy import Engine, MetaData, create_engine, event, exc, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
@@ -121,11 +122,19 @@ def count_database_errors(engine: Engine, counter: Counter) -> None:
 
 
 def migrate(engine: Engine, migrations: Path, service: str) -> None:
-    """Upgrade the database to the newest migration in ``migrations``."""
+    """Upgrade the database to the newest migration in ``migrations``.
+
+    On PostgreSQL one process at a time (a transaction-level advisory lock): replicas
+    starting together on one database would otherwise race to create the same tables.
+    """
     config = Config()
     config.set_main_option("script_location", str(migrations))
     config.attributes["passerelle_service"] = service
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            digest = hashlib.sha256(f"passerelle migrate {service}".encode()).digest()
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

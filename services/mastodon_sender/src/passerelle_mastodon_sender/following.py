@@ -10,6 +10,11 @@ again after a crash until marked published; ``Nats-Msg-Id`` dedupes).
 
 A follow answered ``following: false, requested: false`` (servers that apply
 follows a moment later) counts as made: the call succeeded.
+
+Replicas share the work through account leases (:mod:`passerelle_mastodon_sender.leases`):
+a lane runs only for an account whose lease it holds, renews it before its calls, and
+gives it back when it has nothing to do soon (or parks it until its budget frees up);
+budgets come back from the database when an account changes hands.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import collections
 import contextlib
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +46,7 @@ from passerelle_mastodon_sender.errors import (
     TokenRevokedError,
 )
 from passerelle_mastodon_sender.instances import full_acct, normalize_acct
+from passerelle_mastodon_sender.leases import Leases
 from passerelle_mastodon_sender.ledger import Claimed, Ledger, Outcome
 from passerelle_mastodon_sender.metrics import SenderMetrics
 from passerelle_mastodon_sender.models import MastodonLink
@@ -76,6 +83,8 @@ class _Account:
     followers: int
     following: int
     profile_at: float
+    lease_until: float = 0.0
+    """Real epoch seconds: the lease as we last set it (renewed before calls)."""
     made: int = 0
     """Follows made since the counts were read (for the follow cap)."""
 
@@ -84,6 +93,18 @@ class _Account:
 class _Lane:
     more: asyncio.Event
     task: asyncio.Task[None] | None = None
+
+
+class _LeaseLostError(Exception):
+    """Another replica has the account now, or its link was replaced or removed."""
+
+
+class _ParkError(Exception):
+    """The account must wait long for its budget: give it up until ``until`` (real)."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
 
 
 @dataclass
@@ -106,6 +127,7 @@ class Follower:
         db: Database,
         store: Store,
         ledger: Ledger,
+        leases: Leases,
         api: MastodonApi,
         vault: Vault,
         metrics: SenderMetrics,
@@ -119,6 +141,7 @@ class Follower:
         self.db = db
         self.store = store
         self.ledger = ledger
+        self.leases = leases
         self.api = api
         self.vault = vault
         self.metrics = metrics
@@ -140,6 +163,14 @@ class Follower:
         self._unpublished = True
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
+        self._lease = settings.mastodon_lease
+        self._holding: dict[str, float] = {}
+        """Leases held by lanes: person → ``lease_until``."""
+        self._releases: dict[str, tuple[float, float]] = {}
+        """Leases to give back once the outcomes before them are written."""
+        self._parked: dict[str, float] = {}
+        """Accounts given up until their budget frees up (real epoch seconds)."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -148,14 +179,16 @@ class Follower:
         return self._running
 
     async def start(self) -> None:
-        """Recover rows a crash left in flight, then work on every account with work."""
-        recovered = await self.db.run(self.ledger.recover)
+        """Recover rows this replica left in flight, then work on every account with work
+        (those other replicas hold are left to them until their leases lapse)."""
+        recovered = await self.db.run(self.leases.recover_own)
         if recovered:
             self.log.warning("follows interrupted by a stop are checked again", count=recovered)
         self._running = True
         self._tasks = [
             asyncio.create_task(self._flusher(), name="mastodon-flusher"),
             asyncio.create_task(self._gauges(), name="mastodon-gauges"),
+            asyncio.create_task(self._sweeper(), name="mastodon-leases"),
         ]
         self.wake(await self.db.run(self.ledger.persons_with_work))
 
@@ -169,19 +202,27 @@ class Follower:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         with contextlib.suppress(Exception):
-            # Bounded: with NATS gone, what is not published now is published at the next start.
+            # Bounded: with NATS gone, what is not published now is published at the next
+            # start. Leases are given back after the outcomes are written.
             await asyncio.wait_for(self._flush(), timeout=STOP_FLUSH_SECONDS)
 
-    def wake(self, person_ids: Iterable[str]) -> None:
-        """There is (new) work for these persons."""
+    def wake(self, person_ids: Iterable[str], *, parked: bool = False) -> None:
+        """There is (new) work for these persons (``parked``: even if parked here)."""
         if not self._running:
             return
+        now = time.time()
         for person_id in person_ids:
             lane = self._lanes.get(person_id)
             if lane is not None:
                 lane.more.set()
                 continue
+            if not parked and self._parked.get(person_id, 0.0) > now:
+                continue  # its budget is spent: new rows wait with the others
+            self._parked.pop(person_id, None)
             lane = _Lane(asyncio.Event())
             self._lanes[person_id] = lane
             lane.task = asyncio.create_task(
@@ -197,6 +238,11 @@ class Follower:
             await asyncio.gather(lane.task, return_exceptions=True)
         self._budgets.pop(person_id, None)
         self._reserved.pop(person_id, None)
+        self._holding.pop(person_id, None)
+        self._parked.pop(person_id, None)
+        timer = self._timers.pop(person_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def results_pending(self) -> None:
         """Rows were finished outside the lanes (bulk failures, re-requests): publish them."""
@@ -215,6 +261,8 @@ class Follower:
     # --- a lane --------------------------------------------------------------------------------
 
     async def _lane(self, person_id: str, lane: _Lane) -> None:
+        account: _Account | None = None
+        free_from = 0.0
         try:
             account = await self._open(person_id)
             if account is None:
@@ -224,10 +272,20 @@ class Follower:
                 now = self.clock.now()
                 ready = account.budget.follow_ready_at(now)
                 if ready > now:
-                    await self.clock.sleep(ready - now)
+                    await self._pause(account, ready - now)
                     continue
+                await self._hold(account)
+                # No more rows than follows left in the window: a batch does not wait
+                # for the next window with its rows held.
+                follows = account.budget.follows
                 rows = await self.db.run(
-                    self.ledger.claim, person_id, now, self.settings.mastodon_relationships_batch
+                    self.ledger.claim,
+                    person_id,
+                    now,
+                    min(
+                        self.settings.mastodon_relationships_batch,
+                        max(1, follows.limit - follows.used_at(now)),
+                    ),
                 )
                 if not rows:
                     due = await self.db.run(self.ledger.next_due, person_id)
@@ -235,7 +293,12 @@ class Follower:
                         if lane.more.is_set():
                             continue
                         return
-                    await self._wait(lane.more, due - self.clock.now())
+                    wait = due - self.clock.now()
+                    if self._too_long(wait):
+                        # Given back: another replica's intake can start its new rows.
+                        self._wake_later(person_id, self.clock.to_real(wait))
+                        return
+                    await self._pause(account, wait, lane.more)
                     continue
                 # The calls for these follows join the trace their requests came in.
                 with trace_parents.resumed(
@@ -246,6 +309,13 @@ class Follower:
                     stop = await self._work(account, rows)
                 if stop:
                     return
+        except _ParkError as park:
+            free_from = park.until
+        except _LeaseLostError:
+            self.log.info("account taken over by another replica", person_id=person_id)
+            account = None
+            self._budgets.pop(person_id, None)
+            self._holding.pop(person_id, None)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -255,15 +325,112 @@ class Follower:
             if self._lanes.get(person_id) is lane:
                 del self._lanes[person_id]
             self.metrics.lanes.set(len(self._lanes))
-            if lane.more.is_set() and self._running:
+            if account is not None:
+                self._give_back(account, free_from)
+            if lane.more.is_set() and self._running and not free_from:
                 self.wake([person_id])
 
-    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(0.0, self.clock.to_real(seconds)))
+    # --- leases --------------------------------------------------------------------------------
+
+    def _too_long(self, seconds: float) -> bool:
+        """Whether a wait of ``seconds`` (the service's clock) is worth giving the account up."""
+        return self.clock.to_real(seconds) > self.settings.mastodon_park_after_seconds
+
+    async def _pause(
+        self, account: _Account, seconds: float, event: asyncio.Event | None = None
+    ) -> None:
+        """Wait ``seconds`` of the service's clock (or for ``event``), keeping the lease;
+        a wait too long to hold the account parks it (:class:`_ParkError`)."""
+        if self._too_long(seconds):
+            raise _ParkError(time.time() + self.clock.to_real(seconds))
+        deadline = time.monotonic() + self.clock.to_real(seconds)
+        while True:
+            await self._hold(account)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            chunk = min(left, self._lease / 4)
+            if event is None:
+                await asyncio.sleep(chunk)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=chunk)
+                return
+
+    async def _hold(self, account: _Account, *, check: bool = False) -> None:
+        """Make sure the lease lasts at least half its length more (``check``: and that it
+        is still ours); :class:`_LeaseLostError` when it is not ours any more."""
+        now = time.time()
+        if not check and now < account.lease_until - self._lease / 2:
+            return
+        until = now + self._lease
+        if not await self.db.run(self.leases.renew, account.person_id, account.lease_until, until):
+            raise _LeaseLostError(account.person_id)
+        account.lease_until = until
+        self._holding[account.person_id] = until
+
+    def _give_back(self, account: _Account, free_from: float) -> None:
+        """Give the lease back once the account's outcomes are written (the next holder
+        counts its follows from the ledger): free now, or parked until ``free_from``."""
+        self._holding.pop(account.person_id, None)
+        self._releases[account.person_id] = (account.lease_until, free_from)
+        self._flush_wanted.set()
+        if free_from:
+            self._parked[account.person_id] = free_from
+            self._wake_later(account.person_id, free_from - time.time())
+
+    def _wake_later(self, person_id: str, seconds: float) -> None:
+        """Look at the account again in ``seconds`` (real), if no other replica has by then."""
+        timer = self._timers.pop(person_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[person_id] = asyncio.get_running_loop().call_later(
+            max(0.0, seconds), self._woken, person_id
+        )
+
+    def _woken(self, person_id: str) -> None:
+        self._timers.pop(person_id, None)
+        self.wake([person_id], parked=True)
+
+    async def _release_leases(self, releases: dict[str, tuple[float, float]]) -> None:
+        """Give back leases of lanes that stopped (taken from ``_releases`` before the
+        outcomes were written: those of the lanes were written first)."""
+        if not releases:
+            return
+        try:
+            await self.db.run(self.leases.release, releases)
+        except BaseException:
+            self._releases = {**releases, **self._releases}
+            raise
+
+    async def _sweeper(self) -> None:
+        """Take up free accounts with due work: lapsed leases (a replica died), rows
+        another replica took in for an account nobody held, accounts left for lack of room."""
+        while self._running:
+            await asyncio.sleep(self.settings.mastodon_lease_scan_seconds)
+            try:
+                room = self.settings.mastodon_max_lanes - len(self._holding)
+                if room <= 0:
+                    continue
+                found = await self.db.run(
+                    self.leases.free_with_work, time.time(), self.clock.now(), room
+                )
+                self.wake((p for p in found if p not in self._lanes), parked=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("looking for free accounts failed")
 
     async def _open(self, person_id: str) -> _Account | None:
-        link = await self.db.run(self.store.link, person_id)
+        now = time.time()
+        claim = await self.db.run(
+            self.leases.claim,
+            person_id,
+            now,
+            now + self._lease,
+            take=len(self._holding) < self.settings.mastodon_max_lanes,
+        )
+        link = claim.link
         if link is None or link.status != "active":
             reason = (
                 "not_linked"
@@ -272,13 +439,25 @@ class Follower:
             )
             await self.fail_open(person_id, reason)
             return None
+        if not claim.taken:
+            return None  # another replica has it, or this one has no room
+        self._holding[person_id] = claim.until
+        if claim.recovered:
+            self.log.warning(
+                "follows interrupted on another replica are checked again",
+                count=claim.recovered,
+            )
         try:
             token = self.vault.decrypt(link.token_enc)
         except VaultError:
             self.log.exception("stored token unreadable: check PASSERELLE_ENCRYPTION_KEYS")
+            self._holding.pop(person_id, None)
+            self._releases[person_id] = (claim.until, 0.0)
             return None
         instance = await self.db.run(self.store.instance, link.domain)
-        budget = self._budgets.get(person_id) or await self._restore_budget(link)
+        # What this replica remembers is good only if nobody else had the account since.
+        budget = self._budgets.get(person_id) if claim.previous == self.leases.owner else None
+        budget = budget or await self._restore_budget(link)
         self._budgets[person_id] = budget
         return _Account(
             person_id=person_id,
@@ -291,10 +470,12 @@ class Follower:
             followers=link.followers_count,
             following=link.following_count,
             profile_at=link.profile_at,
+            lease_until=claim.until,
         )
 
     async def _restore_budget(self, link: MastodonLink) -> AccountBudget:
-        """Budgets after a (re)start: calls from the saved reservation, follows from the ledger."""
+        """Budgets after a (re)start or a takeover: calls from the saved reservation (the
+        previous holder's, when another replica had the account), follows from the ledger."""
         s = self.settings
         now = self.clock.now()
         requests = Window(
@@ -352,6 +533,9 @@ class Follower:
             return True
         except MastodonError as error:
             self._retry_later(batch, error.code)
+        except _LeaseLostError:
+            batch.open.clear()  # the next holder takes them back (they are still working)
+            raise
         finally:
             for row in batch.open.values():
                 self._release(row, interrupted=row.follow_id in batch.sent)
@@ -465,6 +649,9 @@ class Follower:
         if relation.get("following") or relation.get("requested"):
             # After an interruption the follow we sent is the one we find.
             outcome = "followed" if row.interrupted else "already_following"
+            if row.interrupted:
+                # Counted, in case the ledger missed it (a replica killed before writing).
+                account.budget.follows.spend(self.clock.now())
             self._finish(batch, row, "done", outcome, None, target_id)
             return
         cap = follow_cap(
@@ -517,8 +704,9 @@ class Follower:
             now = self.clock.now()
             ready = budget.follow_ready_at(now) if follow else budget.request_ready_at(now)
             if ready > now:
-                await self.clock.sleep(ready - now)
+                await self._pause(account, ready - now)
                 continue
+            await self._hold(account)
             budget.requests.spend(now)
             if follow:
                 budget.follows.spend(now)
@@ -567,7 +755,9 @@ class Follower:
         saved, self._reserved_saved = self._reserved_saved, None
         assert saved is not None
         try:
-            await self.db.run(self.store.reserve_requests, batch)
+            await self.db.run(
+                self.store.reserve_requests, batch, self.settings.mastodon_requests_window_seconds
+            )
         except Exception as error:  # noqa: BLE001 - handed to every lane waiting for it
             for person_id in batch:
                 self._reserved.pop(person_id, None)
@@ -646,6 +836,8 @@ class Follower:
     async def _lost(self, account: _Account, batch: _Batch, status: str, reason: str) -> None:
         """The link stopped working: say so, fail the person's open follows."""
         batch.open.clear()
+        # Only the lease holder speaks for the link (it may have been replaced meanwhile).
+        await self._hold(account, check=True)
         self.log.warning("link lost", person_id=account.person_id, reason=reason)
         await self.db.run(self.store.set_status, account.person_id, status)
         await self.fail_open(account.person_id, reason)
@@ -661,8 +853,10 @@ class Follower:
         )
 
     async def _flusher(self) -> None:
+        # Ends with ``_running`` too: Python 3.11's wait_for can swallow a cancellation
+        # that comes as the event is set (lanes set it as they stop).
         interval = self.settings.mastodon_flush_interval_seconds
-        while True:
+        while self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), timeout=interval)
             self._flush_wanted.clear()
@@ -692,7 +886,13 @@ class Follower:
 
     async def _flush(self) -> None:
         async with self._write_lock:
-            await self._write_outcomes()
+            releases, self._releases = self._releases, {}
+            try:
+                await self._write_outcomes()
+            except BaseException:
+                self._releases = {**releases, **self._releases}
+                raise
+            await self._release_leases(releases)
         while self._unpublished:
             self._unpublished = False
             results = await self.db.run(self.ledger.unpublished, RESULTS_PAGE)
@@ -730,7 +930,7 @@ class Follower:
             self._unpublished = len(results) == RESULTS_PAGE
 
     async def _gauges(self) -> None:
-        while True:
+        while self._running:
             try:
                 self.metrics.backlog.labels("mastodon").set(await self.db.run(self.ledger.backlog))
                 self.metrics.links.set(await self.db.run(self.store.count_links))

@@ -21,6 +21,9 @@ from passerelle_contracts.streams import MASTODON_ERASURES
 from passerelle_mastodon_sender.service import MastodonSender
 from passerelle_platform.broker import jetstream_subscriber
 
+#: Request/reply subscribers share a queue group: with several replicas, one answers.
+RPC_QUEUE = "mastodon_sender"
+
 
 def build_router(sender: MastodonSender) -> NatsRouter:
     """The mastodon sender's subscribers."""
@@ -30,15 +33,15 @@ def build_router(sender: MastodonSender) -> NatsRouter:
     async def on_erasure(event: UserErased) -> None:
         await sender.linker.erase(event.person_id)
 
-    @router.subscriber(MastodonAuthorizeRequest.subject)
+    @router.subscriber(MastodonAuthorizeRequest.subject, queue=RPC_QUEUE)
     async def on_authorize(request: MastodonAuthorizeRequest) -> MastodonAuthorizeReply:
         return await sender.linker.authorize(request)
 
-    @router.subscriber(MastodonLinkRequest.subject)
+    @router.subscriber(MastodonLinkRequest.subject, queue=RPC_QUEUE)
     async def on_link(request: MastodonLinkRequest) -> LinkReply:
         return await sender.linker.link(request)
 
-    @router.subscriber("rpc.mastodon.unlink")
+    @router.subscriber("rpc.mastodon.unlink", queue=RPC_QUEUE)
     async def on_unlink(request: UnlinkRequest) -> UnlinkReply:
         return await sender.linker.unlink(request)
 

@@ -4,7 +4,8 @@
 → ``done`` (``followed`` / ``already_following``) or ``failed`` (with a reason);
 a transient failure puts the row back to ``pending`` later. The unique key makes a
 redelivered request a no-op; a row left ``working`` by a crash goes back to
-``pending`` marked ``interrupted`` at start, and is checked against the server's
+``pending`` marked ``interrupted`` when its account's lease is taken again (see
+:mod:`passerelle_mastodon_sender.leases`), and is checked against the server's
 relationships before anything is sent again — so a follow is made at most once.
 
 Synchronous SQLAlchemy Core (bulk statements); run it via :class:`Database`.
@@ -269,16 +270,6 @@ class Ledger:
                 .values(
                     state="failed", outcome="failed", reason=reason, done_at=now, published=False
                 )
-            )
-            return int(result.rowcount)
-
-    def recover(self) -> int:
-        """At start: rows a previous process left ``working`` become due again, marked."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(FOLLOWS)
-                .where(FOLLOWS.c.state == "working")
-                .values(state="pending", reason=INTERRUPTED)
             )
             return int(result.rowcount)
 

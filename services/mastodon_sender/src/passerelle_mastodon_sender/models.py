@@ -71,6 +71,11 @@ class MastodonLink(SQLModel, table=True):
     requests_reserved: int = 0
     """Calls counted ahead in that window: after a restart the count resumes from here."""
     linked_at: float
+    lease_owner: str | None = Field(default=None, max_length=255)
+    """The replica working on the account (one at a time), or that last did."""
+    lease_until: float | None = None
+    """Real epoch seconds: until then only ``lease_owner`` works on the account (renewed
+    before each call; 0 once given back; a parked account's budget is spent until then)."""
 
 
 class MastodonPendingLink(SQLModel, table=True):

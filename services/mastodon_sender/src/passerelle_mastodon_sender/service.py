@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 from passerelle_contracts import Event, MastodonFollowRequested
@@ -12,6 +13,7 @@ from passerelle_mastodon_sender.db import Database
 from passerelle_mastodon_sender.following import Follower
 from passerelle_mastodon_sender.instances import InstanceDirectory
 from passerelle_mastodon_sender.intake import FollowIntake
+from passerelle_mastodon_sender.leases import Leases
 from passerelle_mastodon_sender.ledger import Ledger
 from passerelle_mastodon_sender.linking import Linker
 from passerelle_mastodon_sender.metrics import SenderMetrics
@@ -50,6 +52,10 @@ class MastodonSender:
         self.db = Database(runtime.engine)
         self.store = Store(self.db.engine)
         self.ledger = Ledger(self.db.engine)
+        self.leases = Leases(
+            self.db.engine,
+            settings.mastodon_replica_id or f"{socket.gethostname()}:{settings.http_port}",
+        )
         self.api = MastodonApi(
             InstanceDirectory(
                 settings.mastodon_instance_urls,
@@ -67,6 +73,7 @@ class MastodonSender:
             db=self.db,
             store=self.store,
             ledger=self.ledger,
+            leases=self.leases,
             api=self.api,
             vault=self.vault,
             metrics=self.metrics,

@@ -74,6 +74,25 @@ class Settings(PlatformSettings):
     mastodon_profile_refresh_seconds: float = Field(default=3600.0, gt=0)
     """Re-read the account's following/followers counts (follow cap) at most this often."""
 
+    # --- replicas (leases) ------------------------------------------------------------------
+    mastodon_replica_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """Who holds an account's lease while working on it (default ``hostname:http_port``).
+    Replicas sharing a database need distinct ids; a restarted replica with the same id
+    takes its accounts back at once (others wait for the lease to lapse)."""
+    mastodon_lease_seconds: float | None = Field(default=None, gt=0)
+    """How long an account stays with a replica that stops renewing (real seconds;
+    default four HTTP timeouts, 60 s); a lease is renewed once half of it is gone,
+    always before a call. More than twice the HTTP timeout, so a call sent under a
+    lease is over before it lapses."""
+    mastodon_park_after_seconds: float = Field(default=120.0, gt=0)
+    """A lane whose account must wait longer than this for its budget (or its next
+    retry) gives the account up until then instead of holding it (real seconds)."""
+    mastodon_lease_scan_seconds: float = Field(default=5.0, gt=0)
+    """How often free accounts with due work (lapsed leases, other replicas' intake)
+    are looked for (real seconds)."""
+    mastodon_max_lanes: int = Field(default=2_000, ge=1)
+    """Accounts one replica works at once; the rest is left to the other replicas."""
+
     # --- intake and results -----------------------------------------------------------------
     mastodon_intake_batch: int = Field(default=200, ge=1)
     """Follow requests taken from NATS and written to the ledger in one transaction."""
@@ -90,6 +109,13 @@ class Settings(PlatformSettings):
     """Real epoch seconds at which the clock reads ``mastodon_clock_start`` (default: start)."""
     mastodon_clock_start: float | None = None
     """What the clock reads at the origin (default: the origin itself)."""
+
+    @property
+    def mastodon_lease(self) -> float:
+        """The lease duration in force (real seconds)."""
+        if self.mastodon_lease_seconds is not None:
+            return self.mastodon_lease_seconds
+        return 4 * self.mastodon_http_timeout_seconds
 
     @classmethod
     def required_secrets(cls) -> tuple[str, ...]:
@@ -109,6 +135,11 @@ class Settings(PlatformSettings):
             from passerelle_mastodon_sender.vault import parse_keys
 
             parse_keys(self.encryption_keys.get_secret_value(), dev=False)
+        if self.mastodon_lease <= 2 * self.mastodon_http_timeout_seconds:
+            raise ValueError(
+                "PASSERELLE_MASTODON_LEASE_SECONDS must be more than twice "
+                "PASSERELLE_MASTODON_HTTP_TIMEOUT_SECONDS"
+            )
         if not self.mastodon_allow_http:
             for domain, url in self.mastodon_instance_urls.items():
                 if not url.startswith("https://"):

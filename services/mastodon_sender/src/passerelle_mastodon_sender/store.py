@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 from sqlmodel import Session, col
 
 from passerelle_mastodon_sender.models import (
@@ -151,14 +151,22 @@ class Store:
             )
             session.commit()
 
-    def reserve_requests(self, reservations: dict[str, tuple[float, int]]) -> None:
-        """Count calls ahead, per person ``(window_end, reserved)``: after a restart each
-        window's count resumes from what was reserved."""
+    def reserve_requests(self, reservations: dict[str, tuple[float, int]], period: float) -> None:
+        """Count calls ahead, per person ``(window_end, reserved)``: after a restart or a
+        takeover each window's count resumes from what was reserved. Counts only grow
+        (more calls, or a later window; windows of ``period`` seconds whose ends differ by
+        less than half of it are the same, a server's reset moves ours a little): a
+        replica that lost the account without knowing yet cannot lower what the new
+        holder reserved."""
         if not reservations:
             return
+        end, reserved = col(MastodonLink.requests_window_end), col(MastodonLink.requests_reserved)
         statement = (
             update(MastodonLink)
-            .where(col(MastodonLink.person_id) == bindparam("b_person"))
+            .where(
+                col(MastodonLink.person_id) == bindparam("b_person"),
+                or_(end < bindparam("b_end") - period / 2, reserved < bindparam("b_n")),
+            )
             .values(requests_window_end=bindparam("b_end"), requests_reserved=bindparam("b_n"))
         )
         with self.engine.begin() as connection:
