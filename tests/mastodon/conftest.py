@@ -4,7 +4,8 @@
   ``instances`` is that fleet reset to a blank state, per test;
 - ``harness``: the sender in this process (``create_sender``) on a fresh
   ``nats-server`` and database, with an edge-side client, per test;
-- ``clock``: the sender's clock (real time unless a test module overrides it).
+- ``clock``: the sender's clock (real time unless a test module overrides it);
+- ``engine``: the sender's database alone, migrated (SQLite and PostgreSQL), per test.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
+import passerelle_mastodon_sender
 from passerelle_mastodon_sender.clock import Clock
+from passerelle_platform.db import make_engine, migrate
 from tests.mastodon.support import Harness, sender_settings, start_harness
 from tests.peers.mastodon.harness import MastodonFleet
 from tests.support.nats import NatsServer
 
 DOMAINS = ("alpha.test", "beta.test", "gamma.test")
+MIGRATIONS = Path(passerelle_mastodon_sender.__file__).parent / "migrations"
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +62,13 @@ async def harness(
     settings = sender_settings(nats_server.url, tmp_path, instances, **settings_overrides)
     async with start_harness(settings, instances, clock) as started:
         yield started
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    engine = make_engine(database_url)
+    migrate(engine, MIGRATIONS, "mastodon_sender")
+    yield engine
+    engine.dispose()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -22,16 +20,6 @@ from passerelle_platform.db import make_engine, migrate
 
 MIGRATIONS = Path(passerelle_mastodon_sender.__file__).parent / "migrations"
 T = 1_900_000_000.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
-    engine = make_engine(database_url)
-    migrate(engine, MIGRATIONS, "mastodon_sender")
-    yield engine
-    engine.dispose()
 
 
 def link(engine: Engine, person: str, status: str = "active") -> None:

@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import Engine
 
-import passerelle_mastodon_sender
 from passerelle_contracts import MastodonFollowRequested, follow_id
 from passerelle_mastodon_sender.ledger import Ledger, Outcome
-from passerelle_platform.db import make_engine, migrate
-
-MIGRATIONS = Path(passerelle_mastodon_sender.__file__).parent / "migrations"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
-    engine = make_engine(database_url)
-    migrate(engine, MIGRATIONS, "mastodon_sender")
-    yield engine
-    engine.dispose()
 
 
 def request(person: str, target: str) -> MastodonFollowRequested:
