@@ -70,6 +70,22 @@ def x_id(target: str) -> str:
     return str(int.from_bytes(target.encode()[:7].ljust(7, b"\0"), "big"))
 
 
+def follow_request(
+    person_id: str, target: str, *, actor: str | None = None
+) -> MastodonFollowRequested:
+    """What matching emits for ``person_id`` to follow ``target`` (the actor defaults to an
+    account of theirs on ``a.test``)."""
+    return MastodonFollowRequested(
+        region=REGION,
+        follow_id=follow_id(person_id, "mastodon", target),
+        person_id=person_id,
+        actor=actor or f"{person_id}@a.test",
+        target=target,
+        target_x_id=x_id(target),
+        directions=("following",),
+    )
+
+
 @dataclass
 class Harness:
     """The edge's view: a NATS client watching the sender's events (and the sender itself
@@ -161,15 +177,7 @@ class Harness:
     # --- follow requests -----------------------------------------------------------------------
 
     def follow_request(self, person_id: str, actor: str, target: str) -> MastodonFollowRequested:
-        return MastodonFollowRequested(
-            region=REGION,
-            follow_id=follow_id(person_id, "mastodon", target),
-            person_id=person_id,
-            actor=actor,
-            target=target,
-            target_x_id=x_id(target),
-            directions=("following",),
-        )
+        return follow_request(person_id, target, actor=actor)
 
     async def request_follows(
         self, person_id: str, actor: str, targets: Iterable[str]

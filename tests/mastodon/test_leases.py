@@ -11,12 +11,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 import passerelle_mastodon_sender
-from passerelle_contracts import MastodonFollowRequested, follow_id
 from passerelle_mastodon_sender.leases import Leases
 from passerelle_mastodon_sender.ledger import INTERRUPTED, Ledger
 from passerelle_mastodon_sender.models import MastodonLink, metadata
 from passerelle_mastodon_sender.store import Store
 from passerelle_platform.db import make_engine, migrate
+from tests.mastodon.support import follow_request
 
 MIGRATIONS = Path(passerelle_mastodon_sender.__file__).parent / "migrations"
 T = 1_900_000_000.0
@@ -38,22 +38,10 @@ def link(engine: Engine, person: str, status: str = "active") -> None:
     )
 
 
-def request(person: str, target: str) -> MastodonFollowRequested:
-    return MastodonFollowRequested(
-        region="test",
-        follow_id=follow_id(person, "mastodon", target),
-        person_id=person,
-        actor=f"{person}@a.test",
-        target=target,
-        target_x_id="42",
-        directions=("following",),
-    )
-
-
 def test_one_replica_at_a_time_until_the_lease_lapses(engine: Engine) -> None:
     link(engine, "p1")
     ledger = Ledger(engine)
-    ledger.accept([request("p1", f"t{i}@b.test") for i in range(3)], 100.0)
+    ledger.accept([follow_request("p1", f"t{i}@b.test") for i in range(3)], 100.0)
     r1, r2 = Leases(engine, "r1"), Leases(engine, "r2")
 
     first = r1.claim("p1", T, T + 60)
@@ -89,7 +77,7 @@ def test_a_restarted_replica_takes_its_accounts_back_at_once(engine: Engine) -> 
     link(engine, "p1")
     link(engine, "p2")
     ledger = Ledger(engine)
-    ledger.accept([request("p1", "t@b.test"), request("p2", "t@b.test")], 100.0)
+    ledger.accept([follow_request("p1", "t@b.test"), follow_request("p2", "t@b.test")], 100.0)
     r1, r2 = Leases(engine, "r1"), Leases(engine, "r2")
     assert r1.claim("p1", T, T + 60).taken
     assert r2.claim("p2", T, T + 60).taken
@@ -110,7 +98,7 @@ def test_given_back_parked_and_swept(engine: Engine) -> None:
         link(engine, person)
     link(engine, "p5", status="revoked")
     ledger = Ledger(engine)
-    ledger.accept([request(p, "t@b.test") for p in ("p1", "p2", "p3", "p5")], 100.0)
+    ledger.accept([follow_request(p, "t@b.test") for p in ("p1", "p2", "p3", "p5")], 100.0)
     r1, r2 = Leases(engine, "r1"), Leases(engine, "r2")
     # p4 has no work, p5 no working link: never offered.
     assert sorted(r2.free_with_work(T, 100.0, 10)) == ["p1", "p2", "p3"]
