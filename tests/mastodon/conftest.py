@@ -66,8 +66,6 @@ async def harness(
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
     engine = make_engine(database_url)
     migrate(engine, MIGRATIONS, "mastodon_sender")
     yield engine

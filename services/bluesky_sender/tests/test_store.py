@@ -23,8 +23,6 @@ MIGRATIONS = Path(passerelle_bluesky_sender.__file__).parent / "migrations"
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
     engine = make_engine(database_url)
     migrate(engine, MIGRATIONS, "bluesky_sender")
     try:
