@@ -10,15 +10,17 @@ from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker, NatsRouter
 from opentelemetry.sdk.trace import TracerProvider
 
-from passerelle_contracts import UserErased
+from passerelle_contracts import FollowResult, UserErased, follow_id
 from passerelle_contracts.streams import (
     DEAD_LETTERS,
     DELIVERY_ADVISORIES,
     ERASURES,
+    FOLLOW_RESULTS,
     STREAMS,
     Consumer,
 )
 from passerelle_platform.broker import (
+    PagePublisher,
     ensure_streams,
     jetstream_subscriber,
     make_broker,
@@ -59,6 +61,32 @@ async def test_a_replayed_event_is_stored_once(broker: NatsBroker) -> None:
     assert await publish_event(broker, event) is False
     info = await broker.connection.jetstream().stream_info(ERASURES.name)
     assert info.state.messages == 1
+
+
+async def test_a_page_is_published_once_each_with_its_trace(broker: NatsBroker) -> None:
+    results = [
+        FollowResult(
+            region="fr",
+            follow_id=follow_id("p1", "bluesky", f"did:plc:t{i}"),
+            person_id="p1",
+            network="bluesky",
+            target=f"did:plc:t{i}",
+            outcome="followed",
+        )
+        for i in range(3)
+    ]
+    publish_page = PagePublisher(broker, TracerProvider().get_tracer("test"), concurrency=2)
+    assert await publish_page(results) == [True, True, True]
+    # Published again (a page whose acks were lost): acked, stored once.
+    assert await publish_page([results[0], *results]) == [True] * 4
+    assert await publish_page([]) == []
+    js = broker.connection.jetstream()
+    assert (await js.stream_info(FOLLOW_RESULTS.name)).state.messages == 3
+    stored = await js.get_last_msg(FOLLOW_RESULTS.name, FollowResult.subject)
+    assert stored.headers is not None
+    assert stored.headers["Nats-Msg-Id"] == results[2].dedupe_id()
+    assert stored.headers["traceparent"].startswith("00-")
+    assert FollowResult.model_validate_json(stored.data) == results[2]
 
 
 async def test_nack_redelivers_then_poison_goes_to_dead_letters(nats_server: NatsServer) -> None:

@@ -5,28 +5,28 @@ publishes those results (with their ``Nats-Msg-Id``, so a replay is stored once)
 then marks them. A crash in between publishes them again after the restart, which
 JetStream deduplicates.
 
-Results are published a page at a time with JetStream's asynchronous publish (acks
-awaited together), under one span per page: one ``publish_event`` per result, with its
-own span and round trip, costs more than the follow itself at this volume.
+Results are published a page at a time by the platform's ``PagePublisher`` (JetStream's
+asynchronous publish, acks awaited together, one span per page): one ``publish_event``
+per result, with its own span and round trip, costs more than the follow itself at this
+volume.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
+from typing import cast
 
 import structlog
 from faststream.nats import NatsBroker
-from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from passerelle_bluesky_sender.metrics import NETWORK, SenderMetrics
 from passerelle_bluesky_sender.store import Result, Store
 from passerelle_contracts import FollowResult
 from passerelle_contracts.events import FollowOutcome
-from passerelle_contracts.streams import stream_for_subject
+from passerelle_platform.broker import PagePublisher
 
 PAGE = 1000
 #: Seconds to wait for the stream's acks of a page (unacked results are published again).
@@ -46,12 +46,10 @@ class Outbox:
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.store = store
-        self.tracer = tracer
-        self.stream = stream_for_subject(FollowResult.subject).name
-        self._js: JetStreamContext | None = None
-        self.broker = broker
+        self.publish_page = PagePublisher(
+            broker, tracer, concurrency=concurrency, ack_timeout=ACK_TIMEOUT
+        )
         self.region = region
-        self.concurrency = concurrency
         self.metrics = metrics
         self.log = log
         self._wake = asyncio.Event()
@@ -90,19 +88,13 @@ class Outbox:
 
     async def _publish(self, rows: list[Result]) -> int:
         """Publish a page of results, pipelined; returns how many the stream acked."""
-        if self._js is None:
-            self._js = self.broker.connection.jetstream(publish_async_max_pending=self.concurrency)
-        js = self._js
-        pending: list[tuple[Result, asyncio.Future[Any]]] = []
+        events: list[FollowResult] = []
+        sent: list[Result] = []
         skipped: list[int] = []
-        with self.tracer.start_as_current_span(
-            f"{FollowResult.subject} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.batch.message_count": len(rows)},
-        ):
-            for row in rows:
-                try:
-                    event = FollowResult(
+        for row in rows:
+            try:
+                events.append(
+                    FollowResult(
                         region=self.region,
                         follow_id=row.follow_id,
                         person_id=row.person_id,
@@ -111,31 +103,14 @@ class Outbox:
                         outcome=cast(FollowOutcome, row.outcome),
                         reason=row.reason,
                     )
-                except ValidationError:  # never block the outbox on one bad row
-                    self.log.exception("result cannot be published; skipped")
-                    skipped.append(row.id)
-                    continue
-                try:
-                    future = await js.publish_async(
-                        event.subject,
-                        event.model_dump_json().encode(),
-                        stream=self.stream,
-                        headers={"Nats-Msg-Id": event.dedupe_id()},
-                        wait_stall=ACK_TIMEOUT,
-                    )
-                except Exception as error:  # noqa: BLE001 - NATS away: the next pass retries
-                    self.log.warning("results not published yet", error=type(error).__name__)
-                    break
-                pending.append((row, future))
-            if pending:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.gather(*(f for _, f in pending), return_exceptions=True),
-                        timeout=ACK_TIMEOUT,
-                    )
-        acked = [
-            row for row, f in pending if f.done() and not f.cancelled() and f.exception() is None
-        ]
+                )
+            except ValidationError:  # never block the outbox on one bad row
+                self.log.exception("result cannot be published; skipped")
+                skipped.append(row.id)
+                continue
+            sent.append(row)
+        stored = await self.publish_page(events)
+        acked = [row for row, ok in zip(sent, stored, strict=True) if ok]
         done = [row.id for row in acked] + skipped
         if done:
             await asyncio.to_thread(self.store.mark_published, done)

@@ -56,7 +56,7 @@ from passerelle_mastodon_sender.vault import Vault, VaultError
 from passerelle_platform.telemetry import trace_parents
 
 Publish = Callable[[Event], Awaitable[bool]]
-PublishResults = Callable[[Sequence[FollowResult]], Awaitable[set[str]]]
+PublishResults = Callable[[Sequence[FollowResult]], Awaitable[list[bool]]]
 
 MAX_REFUSALS = 5
 """429s in a row on one call before its rows are put back for later."""
@@ -899,7 +899,7 @@ class Follower:
             if not results:
                 return
             try:
-                acked = await self.publish_results(
+                stored = await self.publish_results(
                     [
                         FollowResult(
                             region=self.region,
@@ -916,12 +916,9 @@ class Follower:
             except BaseException:
                 self._unpublished = True
                 raise
-            await self.db.run(
-                self.ledger.mark_published, [r.follow_id for r in results if r.follow_id in acked]
-            )
-            counts = collections.Counter(
-                (r.outcome, r.reason or "") for r in results if r.follow_id in acked
-            )
+            acked = [r for r, ok in zip(results, stored, strict=True) if ok]
+            await self.db.run(self.ledger.mark_published, [r.follow_id for r in acked])
+            counts = collections.Counter((r.outcome, r.reason or "") for r in acked)
             for (outcome, reason), n in counts.items():
                 self.metrics.follows.labels("mastodon", outcome, reason).inc(n)
             if len(acked) < len(results):

@@ -17,11 +17,10 @@ from passerelle_mastodon_sender.leases import Leases
 from passerelle_mastodon_sender.ledger import Ledger
 from passerelle_mastodon_sender.linking import Linker
 from passerelle_mastodon_sender.metrics import SenderMetrics
-from passerelle_mastodon_sender.results import ResultPublisher
 from passerelle_mastodon_sender.settings import Settings
 from passerelle_mastodon_sender.store import Store
 from passerelle_mastodon_sender.vault import Vault
-from passerelle_platform.broker import publish_event
+from passerelle_platform.broker import PagePublisher, publish_event
 from passerelle_platform.runtime import ServiceRuntime
 
 
@@ -78,8 +77,10 @@ class MastodonSender:
             vault=self.vault,
             metrics=self.metrics,
             publish=self.publish,
-            publish_results=ResultPublisher(
-                runtime.broker, concurrency=settings.mastodon_result_publish_concurrency
+            publish_results=PagePublisher(
+                runtime.broker,
+                runtime.tracer_provider.get_tracer("passerelle_mastodon_sender.results"),
+                concurrency=settings.mastodon_result_publish_concurrency,
             ),
             region=settings.region,
             log=self.log,
