@@ -144,13 +144,6 @@ class MatchingService:
 
     # --- events ----------------------------------------------------------------------
 
-    async def on_archive(self, event: ArchiveImported) -> Outcome:
-        """Fetch the two payloads, replace the person's edges, match, request follows."""
-        outcome = (await self.on_archives([event]))[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     async def on_archives(self, events: Sequence[ArchiveImported]) -> list[Outcome | BaseException]:
         """Several ``archive.imported`` (one fetch of the intake) in one transaction.
 
