@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from atproto import models
 
-from passerelle_contracts import FollowResult
+from passerelle_contracts import BlueskyFollowRequested, BlueskyFollowsRequested, FollowResult
 from tests.bluesky.support import (
     Bus,
     bus,
@@ -47,19 +47,25 @@ async def test_follows_n_accounts_once_each(
     async with bus(module_nats.url) as b:
         person = await link(b, me)
         requests = [request_for(person, me.did, t.did) for t in targets]
-        for r in requests:
+        # Version 1 (one follow a message) for some, version 2 (several) for the rest,
+        # as matching sends them now.
+        for r in requests[:5]:
             await b.publish(r)
+        for first in range(5, len(requests), 8):
+            await b.publish(several(requests[first : first + 8]))
         results = await results_for(b, person, len(requests))
         assert sorted(r.target for r in results) == sorted(t.did for t in targets)
         assert {(r.outcome, r.reason) for r in results} == {("followed", None)}
         assert {r.follow_id for r in results} == {r.follow_id for r in requests}
 
         # The same requests again (a redelivery after JetStream's dedupe window, or matching
-        # asking twice): nothing new is followed and no second result appears.
-        for r in requests:
+        # asking twice, grouped otherwise): nothing new is followed, no second result.
+        for r in requests[:10]:
             await b.publish_raw(
                 r.subject, r.model_dump_json().encode(), msg_id="again-" + r.follow_id
             )
+        again = several(requests[10:])
+        await b.publish_raw(again.subject, again.model_dump_json().encode(), msg_id="again")
         await eventually(lambda: _drained(b), 30, "requests consumed")
         await _settled(shared_sender, me.did)
         assert len([r for r in await b.results() if r.person_id == person]) == len(requests)
@@ -84,6 +90,13 @@ async def test_follows_n_accounts_once_each(
         assert isinstance(follow, models.AppBskyGraphFollow.Record)
     text = await metrics_text(shared_sender)
     assert metric(text, "passerelle_follows_total", outcome="followed") >= 25
+
+
+def several(requests: list[BlueskyFollowRequested]) -> BlueskyFollowsRequested:
+    """One version-2 message carrying these follows."""
+    return BlueskyFollowsRequested(
+        region=requests[0].region, follows=tuple(f for r in requests for f in r.requests())
+    )
 
 
 async def _drained(b: Bus) -> bool:

@@ -9,7 +9,7 @@ import time
 import nats.js.errors
 from sqlalchemy import text
 
-from passerelle_contracts import UserErased
+from passerelle_contracts import MastodonFollowsRequested, UserErased
 from passerelle_contracts.streams import DEAD_LETTERS, FOLLOW_REQUESTS, dead_letter_subject
 from passerelle_platform.broker import publish_event
 from tests.mastodon.support import Harness
@@ -84,15 +84,23 @@ async def test_redelivered_requests_follow_once(harness: Harness) -> None:
     beta.create_accounts(20, prefix="t")
     targets = [f"t{i}@beta.test" for i in range(1, 21)]
     requests = await harness.request_follows("p-alice", actor, targets)
-    # The same requests again, as new messages (past JetStream's dedupe), twice.
+    # The same requests again, as new messages (past JetStream's dedupe), twice: one
+    # follow a message (version 1), then several (version 2, as matching sends them).
     js = harness.edge.connection.jetstream()
-    for copy in ("a", "b"):
-        for r in requests:
-            await js.publish(
-                r.subject,
-                r.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": f"{r.dedupe_id()}:{copy}"},
-            )
+    for r in requests:
+        await js.publish(
+            r.subject, r.model_dump_json().encode(), headers={"Nats-Msg-Id": f"{r.dedupe_id()}:a"}
+        )
+    for first in range(0, len(requests), 7):
+        message = MastodonFollowsRequested(
+            region=requests[0].region,
+            follows=tuple(f for r in requests[first : first + 7] for f in r.requests()),
+        )
+        await js.publish(
+            message.subject,
+            message.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"{message.dedupe_id()}:b"},
+        )
     await harness.wait_results("p-alice", 20)
     await asyncio.sleep(1.0)  # let any duplicate work show up
     assert summary(harness, "alpha.test", "alice") == {"created": 20}

@@ -1,5 +1,6 @@
 """The real ``passerelle-matching`` process, killed (SIGKILL) in the middle of a burst
-of events and started again: every follow the rules call for is requested, once."""
+of events and started again: every follow the rules call for is requested (a follow
+published just before the kill may be published again; its sender records it once)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def population(seed: int, size: int) -> list[Person]:
     return people
 
 
-async def test_a_killed_process_requests_every_follow_once(
+async def test_a_killed_process_requests_every_follow(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     people = population(seed=7, size=24)
@@ -87,13 +88,20 @@ async def test_a_killed_process_requests_every_follow_once(
             await ingest.settled(within=90)
             deadline = time.monotonic() + 30
             while True:
+                messages = await ingest.follow_messages()
                 got = Counter(
-                    (m["person_id"], m["network"], m["target"])
-                    for m in await ingest.follow_requests()
+                    (m["person_id"], m["network"], m["target"]) for ms in messages for m in ms
                 )
-                if got == expected or time.monotonic() > deadline:
+                if set(got) == set(expected) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)
-            assert got == expected
+            # Every follow the rules call for is requested, nothing else. One whose
+            # message was stored just before the kill, its outbox flag not yet cleared,
+            # is published again after the restart, possibly grouped with others in
+            # another message (another Nats-Msg-Id): the senders' ledgers record each
+            # follow id once (tests/bluesky, tests/mastodon test exactly that).
+            assert set(got) == set(expected)
+            for message in messages:
+                assert len({m["follow_id"] for m in message}) == len(message)
     finally:
         matching.stop()

@@ -12,12 +12,15 @@ from passerelle_contracts import (
     ALL_EVENTS,
     ALL_RPC,
     CONSUMERS,
+    MAX_FOLLOWS_PER_MESSAGE,
     STREAMS,
     ArchiveImported,
     BlueskyFollowRequested,
+    BlueskyFollowsRequested,
     Event,
     FollowResult,
     follow_id,
+    read_follow_requests,
     stream_for_subject,
 )
 from passerelle_contracts.rpc import BlueskyLinkRequest
@@ -67,6 +70,31 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "target": "b@x.org",
         "target_x_id": "13",
         "directions": ["follower"],
+    },
+    "BlueskyFollowsRequested": {
+        "follows": [
+            {
+                "follow_id": follow_id(person, "bluesky", "did:plc:b"),
+                "person_id": person,
+                "actor": f"did:plc:{person}",
+                "target": "did:plc:b",
+                "target_x_id": "12",
+                "directions": ["following"],
+            }
+            for person in ("p1", "p2")
+        ],
+    },
+    "MastodonFollowsRequested": {
+        "follows": [
+            {
+                "follow_id": follow_id("p1", "mastodon", "b@x.org"),
+                "person_id": "p1",
+                "actor": "a@x.org",
+                "target": "b@x.org",
+                "target_x_id": "13",
+                "directions": ["follower"],
+            }
+        ],
     },
     "FollowResult": {
         "follow_id": "a" * 32,
@@ -145,6 +173,51 @@ def test_follow_id_is_deterministic_per_person_network_target() -> None:
         {"region": "fr", **SAMPLES["BlueskyFollowRequested"]}
     )
     assert request.dedupe_id() == f"follow:{a}"
+
+
+def test_follow_requests_are_read_in_either_version() -> None:
+    single = BlueskyFollowRequested.model_validate(
+        {"region": "fr", **SAMPLES["BlueskyFollowRequested"]}
+    )
+    (follow,) = read_follow_requests("bluesky", single.model_dump_json().encode())
+    assert follow.follow_id == single.follow_id
+    assert (follow.actor, follow.target) == ("did:plc:a", "did:plc:b")
+    several = BlueskyFollowsRequested.model_validate(
+        {"region": "fr", **SAMPLES["BlueskyFollowsRequested"]}
+    )
+    assert several.version == 2
+    read = read_follow_requests("bluesky", several.model_dump_json().encode())
+    assert [f.person_id for f in read] == ["p1", "p2"]
+    # A message for the other network, or of no known version, is refused.
+    with pytest.raises(ValidationError):
+        read_follow_requests("mastodon", several.model_dump_json().encode())
+    with pytest.raises(ValidationError):
+        read_follow_requests(
+            "bluesky", several.model_dump_json().replace('"version":2', '"version":3').encode()
+        )
+
+
+def test_a_message_of_several_follows_has_a_deterministic_id_and_a_bounded_size() -> None:
+    follows = SAMPLES["BlueskyFollowsRequested"]["follows"]
+    one = BlueskyFollowsRequested(region="fr", follows=tuple(follows))
+    reordered = BlueskyFollowsRequested(region="fr", follows=tuple(reversed(follows)))
+    assert one.dedupe_id() == reordered.dedupe_id()
+    alone = BlueskyFollowsRequested(region="fr", follows=(follows[0],))
+    assert one.dedupe_id() != alone.dedupe_id()
+    # Alone in its message, a follow has the same id as in a version-1 message.
+    assert alone.dedupe_id() == f"follow:{follows[0]['follow_id']}"
+    with pytest.raises(ValidationError):
+        BlueskyFollowsRequested(region="fr", follows=())
+    with pytest.raises(ValidationError):
+        BlueskyFollowsRequested(region="fr", follows=(follows[0],) * (MAX_FOLLOWS_PER_MESSAGE + 1))
+    biggest = BlueskyFollowsRequested(
+        region="fr",
+        follows=tuple(
+            {**follows[0], "actor": "did:plc:" + "a" * 24, "target": "did:plc:" + "b" * 24}
+            for _ in range(MAX_FOLLOWS_PER_MESSAGE)
+        ),
+    )
+    assert len(biggest.model_dump_json()) < 512 * 1024
 
 
 def test_secrets_travel_on_the_wire_but_never_print() -> None:

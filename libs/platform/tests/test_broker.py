@@ -26,6 +26,7 @@ from passerelle_platform.broker import (
     make_broker,
     publish_event,
     watch_dead_letters,
+    weighed_groups,
 )
 from passerelle_platform.metrics import ServiceMetrics
 from tests.support.nats import NatsServer
@@ -194,3 +195,11 @@ async def test_a_message_exhausted_while_no_watcher_runs_is_parked_later(
         if stop is not None:
             await stop()
         await broker.stop()
+
+
+def test_weighed_groups_keep_order_and_bound_each_group() -> None:
+    sizes = [3, 1, 1, 5, 2, 2, 9, 1]
+    groups = weighed_groups(sizes, 4, lambda n: n)
+    assert [n for group in groups for n in group] == sizes
+    assert groups == [[3, 1], [1], [5], [2, 2], [9], [1]]
+    assert weighed_groups([], 4, lambda n: n) == []

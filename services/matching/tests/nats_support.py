@@ -22,9 +22,13 @@ from faststream.nats import NatsBroker
 
 from passerelle_contracts import (
     ArchiveImported,
+    BlueskyFollowRequested,
+    BlueskyFollowsRequested,
     ConsentChanged,
     Event,
     IdentityLinked,
+    MastodonFollowRequested,
+    MastodonFollowsRequested,
     Network,
 )
 from passerelle_contracts.streams import ARCHIVE_EDGES_BUCKET, CONSUMERS, FOLLOW_REQUESTS
@@ -34,6 +38,13 @@ from passerelle_matching.settings import Settings
 from passerelle_platform.broker import ensure_streams, publish_event
 from passerelle_xarchive import EdgeSet
 from services.matching.tests.world import account_of
+
+FOLLOWS_REQUESTED: dict[tuple[str, int], type[Event]] = {
+    ("bluesky", 1): BlueskyFollowRequested,
+    ("bluesky", 2): BlueskyFollowsRequested,
+    ("mastodon", 1): MastodonFollowRequested,
+    ("mastodon", 2): MastodonFollowsRequested,
+}
 
 
 def payload(ids: Iterable[int]) -> bytes:
@@ -101,7 +112,13 @@ class Edge:
             )
 
     async def follow_requests(self) -> list[dict[str, Any]]:
-        """Every message in the FOLLOW_REQUESTS stream, oldest first."""
+        """Every follow requested in the FOLLOW_REQUESTS stream, oldest first: one dict
+        per follow (a message may carry several), with its message's ``type``,
+        ``region``, ``network``, ``version`` and ``_headers``."""
+        return [follow for message in await self.follow_messages() for follow in message]
+
+    async def follow_messages(self) -> list[list[dict[str, Any]]]:
+        """The messages in the FOLLOW_REQUESTS stream, oldest first, each as its follows."""
         info = await self.js.stream_info(FOLLOW_REQUESTS.name)
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
@@ -109,8 +126,19 @@ class Edge:
                 break
             msg = await self.js.get_msg(FOLLOW_REQUESTS.name, seq)
             body = json.loads(msg.data)
-            body["_headers"] = dict(msg.headers or {})
-            out.append(body)
+            # Each message is the contract's, its Nats-Msg-Id the one it should have.
+            model = FOLLOWS_REQUESTED[body["network"], body["version"]]
+            event = model.model_validate_json(msg.data)
+            assert event.dedupe_id() == (msg.headers or {}).get("Nats-Msg-Id")
+            envelope = {
+                "type": body["type"],
+                "version": body["version"],
+                "region": body["region"],
+                "network": body["network"],
+                "_headers": dict(msg.headers or {}),
+            }
+            follows = body.get("follows", [body])
+            out.append([{**follow, **envelope} for follow in follows])
         return out
 
     async def settled_except(self, durable: str, within: float = 30.0) -> None:

@@ -114,15 +114,15 @@ async def test_archives_are_loaded_in_batches_a_bad_one_alone_is_redelivered(
             assert seen(await ingest.follow_requests()) == expected()
 
 
-async def test_a_window_whose_pubacks_fail_stays_in_the_outbox_and_lands_once_later(
+async def test_a_message_whose_puback_fails_stays_in_the_outbox_and_lands_once_later(
     nats_server: NatsServer,
     database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Windows of two requests; JetStream refuses the fourth message on: the first
-    window is cleared, the others stay pending (even the one accepted in a failed
-    window) and are published again later, each follow stored once.
+    """Messages of two follows; JetStream refuses the third message: the follows of the
+    first two are cleared, the last two stay pending and are published again later,
+    each follow stored once.
 
     (nats-py raises an error PubAck inside its reply callback instead of failing the
     future, so a refused message surfaces as the PubAck wait timing out.)"""
@@ -133,7 +133,7 @@ async def test_a_window_whose_pubacks_fail_stays_in_the_outbox_and_lands_once_la
             database_url,
             tmp_path,
             trust_archive_claims=True,
-            publish_concurrency=2,
+            follows_per_message=2,
             outbox_interval_seconds=3600,
         ) as matching,
         edge(nats_server.url) as ingest,
@@ -147,16 +147,19 @@ async def test_a_window_whose_pubacks_fail_stays_in_the_outbox_and_lands_once_la
         assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 6
 
         limited = dataclasses.replace(
-            stream_config(FOLLOW_REQUESTS), max_msgs=3, discard=DiscardPolicy.NEW
+            stream_config(FOLLOW_REQUESTS), max_msgs=2, discard=DiscardPolicy.NEW
         )
         await ingest.js.update_stream(limited)
         with pytest.raises((TimeoutError, nats.js.errors.Error)):
             await matching.flush(scope)
-        assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 4
-        assert len(await ingest.follow_requests()) == 3
+        await matching.cleared()
+        assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 2
+        assert [len(m) for m in await ingest.follow_messages()] == [2, 2]
 
         await ingest.js.update_stream(stream_config(FOLLOW_REQUESTS))
-        assert await matching.flush(scope) == 4
+        assert await matching.flush(scope) == 2
+        assert [len(m) for m in await ingest.follow_messages()] == [2, 2, 2]
+        await matching.cleared()
         assert await asyncio.to_thread(matching.store.pending_requests, scope) == []
         published = await ingest.follow_requests()
         assert sorted(m["target"] for m in published) == sorted(

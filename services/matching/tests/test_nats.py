@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 
-from passerelle_contracts import BlueskyFollowRequested, MastodonFollowRequested, follow_id
+from passerelle_contracts import BlueskyFollowsRequested, FollowRequest, follow_id
 from passerelle_contracts.rpc import (
     CountReply,
     MatchListReply,
@@ -47,15 +47,18 @@ def expected() -> Counter[tuple[str, str, str, str, tuple[str, ...]]]:
     )
 
 
+ENVELOPE = ("type", "version", "region", "network", "_headers")
+
+
 def seen(messages: list[dict[str, Any]]) -> Counter[tuple[str, str, str, str, tuple[str, ...]]]:
     for m in messages:
         assert m["follow_id"] == follow_id(m["person_id"], m["network"], m["target"])
-        # As a sender's FastStream consumer sees it: the model, deduplicated, traced.
-        headers = m.pop("_headers")
-        event_type = (
-            BlueskyFollowRequested if m["network"] == "bluesky" else MastodonFollowRequested
-        )
-        assert event_type.model_validate(m).dedupe_id() == headers["Nats-Msg-Id"]
+        # As a sender sees it: the contract's model (version 2), traced (the message
+        # id was checked against the message by ``follow_messages``).
+        headers = m["_headers"]
+        follow = {k: v for k, v in m.items() if k not in ENVELOPE}
+        assert FollowRequest.model_validate(follow).follow_id == m["follow_id"]
+        assert m["version"] == 2
         assert headers["content-type"] == "application/json"
         assert headers["traceparent"].startswith("00-")
     return Counter(
@@ -196,12 +199,12 @@ async def test_the_edge_reads_selects_and_requests_over_request_reply(
 async def test_a_senders_faststream_subscriber_reads_the_requests(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    received: list[BlueskyFollowRequested] = []
+    received: list[FollowRequest] = []
     sender = NatsBroker(nats_server.url, logger=None)
 
     @sender.subscriber("follow.requested.bluesky")
-    async def on_follow(event: BlueskyFollowRequested) -> None:
-        received.append(event)
+    async def on_follow(event: BlueskyFollowsRequested) -> None:
+        received.extend(event.follows)
 
     database = f"sqlite:///{tmp_path / 'matching.sqlite3'}"
     async with (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from passerelle_contracts.base import X_ID_PATTERN, Event, Network, XId, stable_id
 
@@ -101,8 +101,28 @@ def follow_id(person_id: PersonId, network: Network, target: str) -> str:
     return stable_id("follow", person_id, network, target)
 
 
+class FollowRequest(BaseModel):
+    """One follow to make: ``person_id``'s account ``actor`` follows ``target``.
+
+    ``follow_id`` (:func:`follow_id`) names the follow everywhere: a sender's ledger
+    keeps one row per follow id, so a follow asked for twice is made once.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    follow_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    person_id: PersonId
+    actor: str
+    """The person's own account on the network (DID or acct), who follows."""
+    target: str
+    """The account to follow (DID or acct)."""
+    target_x_id: XId = Field(pattern=X_ID_PATTERN)
+    directions: tuple[Direction, ...] = Field(min_length=1, max_length=2)
+
+
 class FollowRequested(Event):
-    """Follow ``target`` on behalf of ``person_id``; subclasses fix the network and subject."""
+    """Version 1: one follow per message (still read by the senders; matching now
+    publishes version 2, :class:`FollowsRequested`). Subclasses fix the network."""
 
     subject: ClassVar[str] = ""
     network: Network
@@ -119,9 +139,22 @@ class FollowRequested(Event):
     def dedupe_id(self) -> str:
         return f"follow:{self.follow_id}"
 
+    def requests(self) -> tuple[FollowRequest, ...]:
+        """The follow this message asks for."""
+        return (
+            FollowRequest(
+                follow_id=self.follow_id,
+                person_id=self.person_id,
+                actor=self.actor,
+                target=self.target,
+                target_x_id=self.target_x_id,
+                directions=self.directions,
+            ),
+        )
+
 
 class BlueskyFollowRequested(FollowRequested):
-    """A follow to create on Bluesky."""
+    """A follow to create on Bluesky (version 1)."""
 
     subject: ClassVar[str] = "follow.requested.bluesky"
     type: Literal["follow.requested.bluesky"] = "follow.requested.bluesky"
@@ -129,11 +162,75 @@ class BlueskyFollowRequested(FollowRequested):
 
 
 class MastodonFollowRequested(FollowRequested):
-    """A follow to make on Mastodon."""
+    """A follow to make on Mastodon (version 1)."""
 
     subject: ClassVar[str] = "follow.requested.mastodon"
     type: Literal["follow.requested.mastodon"] = "follow.requested.mastodon"
     network: Literal["mastodon"] = "mastodon"
+
+
+MAX_FOLLOWS_PER_MESSAGE = 1000
+"""At about 250 bytes a follow, a message stays well under NATS's 1 MB default."""
+
+
+class FollowsRequested(Event):
+    """Version 2: several follows on one network in one message.
+
+    A newcomer awaited by thousands emits thousands of follows at once; one
+    message (and one PubAck) per follow costs more than the match itself. Each
+    follow keeps its own ``follow_id``, which the senders' ledgers keep unique;
+    the message's ``Nats-Msg-Id`` is derived from the ids it carries, so the same
+    message published again is stored once, and a follow sent again in another
+    message is recorded once by the sender.
+    """
+
+    subject: ClassVar[str] = ""
+    version: Literal[2] = 2  # type: ignore[assignment]  # version 2 of the subject's message
+    network: Network
+    follows: tuple[FollowRequest, ...] = Field(min_length=1, max_length=MAX_FOLLOWS_PER_MESSAGE)
+
+    def dedupe_id(self) -> str:
+        if len(self.follows) == 1:
+            return f"follow:{self.follows[0].follow_id}"
+        return "follows:" + stable_id("follows", *sorted(f.follow_id for f in self.follows))
+
+    def requests(self) -> tuple[FollowRequest, ...]:
+        """The follows this message asks for."""
+        return self.follows
+
+
+class BlueskyFollowsRequested(FollowsRequested):
+    """Follows to create on Bluesky."""
+
+    subject: ClassVar[str] = "follow.requested.bluesky"
+    type: Literal["follow.requested.bluesky"] = "follow.requested.bluesky"
+    network: Literal["bluesky"] = "bluesky"
+
+
+class MastodonFollowsRequested(FollowsRequested):
+    """Follows to make on Mastodon."""
+
+    subject: ClassVar[str] = "follow.requested.mastodon"
+    type: Literal["follow.requested.mastodon"] = "follow.requested.mastodon"
+    network: Literal["mastodon"] = "mastodon"
+
+
+_READERS: dict[Network, TypeAdapter[FollowRequested | FollowsRequested]] = {
+    "bluesky": TypeAdapter(
+        Annotated[BlueskyFollowRequested | BlueskyFollowsRequested, Field(discriminator="version")]
+    ),
+    "mastodon": TypeAdapter(
+        Annotated[
+            MastodonFollowRequested | MastodonFollowsRequested, Field(discriminator="version")
+        ]
+    ),
+}
+
+
+def read_follow_requests(network: Network, data: bytes) -> tuple[FollowRequest, ...]:
+    """The follows a ``follow.requested.<network>`` message asks for, whichever its
+    version (raises :class:`pydantic.ValidationError` if it is neither)."""
+    return _READERS[network].validate_json(data).requests()
 
 
 FollowOutcome = Literal["followed", "already_following", "failed"]
@@ -177,6 +274,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     IdentityUnlinked,
     BlueskyFollowRequested,
     MastodonFollowRequested,
+    BlueskyFollowsRequested,
+    MastodonFollowsRequested,
     FollowResult,
     UserErased,
 )

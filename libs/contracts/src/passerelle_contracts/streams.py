@@ -43,7 +43,8 @@ ACCOUNTS = Stream(
 FOLLOW_REQUESTS = Stream(
     "FOLLOW_REQUESTS",
     ("follow.requested.bluesky", "follow.requested.mastodon"),
-    "Follows to make, one work queue per network; a follow id is its Nats-Msg-Id.",
+    "Follows to make, one work queue per network, several per message; the follow ids"
+    " a message carries give its Nats-Msg-Id.",
     retention="workqueue",
     duplicate_window_seconds=DAY,
 )

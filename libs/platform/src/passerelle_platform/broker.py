@@ -150,6 +150,28 @@ def jetstream_subscriber(router: NatsRouter, consumer: Consumer) -> Callable[[Ha
 
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
+ItemT = TypeVar("ItemT")
+
+
+def weighed_groups(
+    items: Sequence[ItemT], most: int, weight: Callable[[ItemT], int]
+) -> list[list[ItemT]]:
+    """``items`` in order, cut into groups weighing at most ``most`` each (an item
+    heavier than that is a group of its own): e.g. fetched messages of several
+    follows each, recorded ``most`` follows per transaction at most."""
+    groups: list[list[ItemT]] = []
+    current: list[ItemT] = []
+    load = 0
+    for item in items:
+        w = weight(item)
+        if current and load + w > most:
+            groups.append(current)
+            current, load = [], 0
+        current.append(item)
+        load += w
+    if current:
+        groups.append(current)
+    return groups
 
 
 class BatchConsumer:

@@ -1,9 +1,11 @@
 """Follow requests into the ledger, a pulled batch per transaction, acked once recorded.
 
-The handler gets a batch of raw messages: each is read (a message that is not a valid
-request is nacked: redelivered, then dead-lettered after ``max_deliver``), the valid ones
-are written to the ledger in one transaction, and only then acked. If the write fails,
-the batch is split in halves until the request that cannot be recorded is alone: it is
+The handler gets a batch of raw messages, each carrying one follow or several (either
+version of ``follow.requested.bluesky``): each is read (a message that is not a valid
+request is nacked: redelivered, then dead-lettered after ``max_deliver``), the follows of
+the valid ones are written to the ledger, at most ``batch`` follows per transaction (a
+message is never split), and only then are their messages acked. If a write fails, the
+messages are split in halves until the one that cannot be recorded is alone: it is
 nacked, the others are recorded and acked.
 """
 
@@ -18,7 +20,8 @@ from pydantic import ValidationError
 
 from passerelle_bluesky_sender.clock import Clock
 from passerelle_bluesky_sender.store import IntakeReport, Store
-from passerelle_contracts import BlueskyFollowRequested
+from passerelle_contracts import FollowRequest, read_follow_requests
+from passerelle_platform.broker import weighed_groups
 from passerelle_platform.telemetry import trace_parents
 
 MAX_ID_LENGTH = 2048
@@ -32,8 +35,10 @@ class Intake:
         *,
         on_recorded: Callable[[IntakeReport], None],
         log: structlog.stdlib.BoundLogger,
+        batch: int = 500,
     ) -> None:
         self.store = store
+        self.batch = batch
         self.clock = clock
         self.on_recorded = on_recorded
         self.log = log
@@ -42,28 +47,29 @@ class Intake:
 
     async def take(self, messages: Sequence[Any]) -> None:
         """Record a batch of raw NATS messages (``nats.aio.msg.Msg``), ack or nack each."""
-        readable: list[tuple[BlueskyFollowRequested, Any]] = []
+        readable: list[tuple[tuple[FollowRequest, ...], Any]] = []
         for msg in messages:
-            request = _read(msg.data)
-            if request is None:
+            follows = _read(msg.data)
+            if follows is None:
                 self.refused += 1
                 self.log.warning("unreadable follow request; nacked")
                 await msg.nak()
             else:
-                trace_parents.remember(request.follow_id, msg.headers)
-                readable.append((request, msg))
-        if readable:
-            await self._record(readable)
+                for follow in follows:
+                    trace_parents.remember(follow.follow_id, msg.headers)
+                readable.append((follows, msg))
+        for group in weighed_groups(readable, self.batch, lambda item: len(item[0])):
+            await self._record(group)
 
-    async def _record(self, items: list[tuple[BlueskyFollowRequested, Any]]) -> None:
+    async def _record(self, items: list[tuple[tuple[FollowRequest, ...], Any]]) -> None:
         try:
             report = await asyncio.to_thread(
-                self.store.intake, [r for r, _ in items], self.clock.now()
+                self.store.intake, [f for follows, _ in items for f in follows], self.clock.now()
             )
         except Exception:
             if len(items) == 1:
                 self.refused += 1
-                self.log.exception("follow request cannot be recorded; nacked")
+                self.log.exception("follow requests cannot be recorded; nacked")
                 await items[0][1].nak()
                 return
             half = len(items) // 2
@@ -72,15 +78,15 @@ class Intake:
             return
         for _, msg in items:
             await msg.ack()
-        self.recorded += len(items)
+        self.recorded += sum(len(follows) for follows, _ in items)
         self.on_recorded(report)
 
 
-def _read(data: bytes) -> BlueskyFollowRequested | None:
+def _read(data: bytes) -> tuple[FollowRequest, ...] | None:
     try:
-        request = BlueskyFollowRequested.model_validate_json(data)
+        follows = read_follow_requests("bluesky", data)
     except ValidationError:
         return None
-    if len(request.actor) > MAX_ID_LENGTH or len(request.target) > MAX_ID_LENGTH:
+    if any(len(f.actor) > MAX_ID_LENGTH or len(f.target) > MAX_ID_LENGTH for f in follows):
         return None
-    return request
+    return follows

@@ -100,7 +100,13 @@ class BlueskySender:
             on_results=self.outbox.wake,
             owner=settings.bluesky_replica_id or f"{socket.gethostname()}:{settings.http_port}",
         )
-        self.intake = Intake(self.store, self.clock, on_recorded=self._on_recorded, log=self.log)
+        self.intake = Intake(
+            self.store,
+            self.clock,
+            on_recorded=self._on_recorded,
+            log=self.log,
+            batch=settings.bluesky_intake_batch,
+        )
         self.linker = Linker(
             resolver=self.resolver,
             xrpc=self.xrpc,
@@ -123,9 +129,9 @@ class BlueskySender:
             )
         if settings.bluesky_clock_speedup != 1.0:
             self.log.warning("fast clock", speedup=settings.bluesky_clock_speedup)
-        # Follow requests come in fetched batches (up to ``intake_batch``), written to
-        # the ledger in one transaction, then acked; per-message handling would cost
-        # more than the follow itself at this volume.
+        # Follow requests come in fetched batches (up to ``intake_batch`` messages),
+        # written to the ledger (up to ``intake_batch`` follows per transaction), then
+        # acked; per-message handling would cost more than the follow at this volume.
         self.follow_consumer = BatchConsumer(
             BLUESKY_FOLLOWS,
             self.follow_requests,
@@ -165,13 +171,15 @@ class BlueskySender:
 
     async def follow_requests(self, messages: Sequence[Any]) -> None:
         """A pulled batch of ``follow.requested.bluesky`` messages (raw, acked here)."""
-        self.metrics.requests.labels(NETWORK).inc(len(messages))
+        recorded = self.intake.recorded
         try:
             await self.intake.take(messages)
         except Exception:
             # Unacked, the batch is redelivered after ack_wait; say why (FastStream is quiet).
             self.log.exception("follow requests not taken")
             raise
+        finally:
+            self.metrics.requests.labels(NETWORK).inc(self.intake.recorded - recorded)
 
     async def erase(self, person_id: str) -> None:
         had_link = await self.linker.erase(person_id)

@@ -73,7 +73,8 @@ class Settings(PlatformSettings):
 
     # --- intake and results ---------------------------------------------------------------
     bluesky_intake_batch: int = Field(default=500, ge=1)
-    """Follow requests pulled, recorded (one transaction) and acked together."""
+    """Messages pulled together, and follow requests recorded in one transaction at most
+    (a message may carry several; it is never split), then acked."""
     bluesky_result_publish_concurrency: int = Field(default=1000, ge=1)
     """Results in flight to the stream at once (acks awaited together)."""
     bluesky_metrics_interval_seconds: float = Field(default=15.0, gt=0)

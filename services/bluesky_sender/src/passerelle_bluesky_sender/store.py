@@ -27,7 +27,7 @@ from passerelle_bluesky_sender.models import (
     UNPUBLISHED,
     metadata,
 )
-from passerelle_contracts import BlueskyFollowRequested
+from passerelle_contracts import FollowRequest
 
 ACCOUNT = metadata.tables["bluesky_account"]
 FOLLOW = metadata.tables["bluesky_follow"]
@@ -467,7 +467,7 @@ class Store:
 
     # --- intake ---------------------------------------------------------------------------
 
-    def intake(self, requests: Sequence[BlueskyFollowRequested], now: float) -> IntakeReport:
+    def intake(self, requests: Sequence[FollowRequest], now: float) -> IntakeReport:
         """Record follow requests in the ledger, once each (redeliveries change nothing)."""
         actors = sorted({r.actor for r in requests})
         with self.engine.begin() as conn:
@@ -480,7 +480,7 @@ class Store:
                 )
             }
             rows: list[dict[str, Any]] = []
-            linked: list[BlueskyFollowRequested] = []
+            linked: list[FollowRequest] = []
             for r in requests:
                 owner = owners.get(r.actor)
                 state, outcome, reason = PENDING, None, None
@@ -520,9 +520,7 @@ class Store:
             new_work.setdefault(actor, 1)
         return IntakeReport(new_work=new_work, new_results=new_results)
 
-    def _reopen(
-        self, conn: Connection, requests: Sequence[BlueskyFollowRequested], now: float
-    ) -> set[str]:
+    def _reopen(self, conn: Connection, requests: Sequence[FollowRequest], now: float) -> set[str]:
         """Failed-because-unlinked rows asked for again by a linked person: pending again."""
         if not requests:
             return set()

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, Table, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from passerelle_contracts import MastodonFollowRequested
+from passerelle_contracts import FollowRequest
 from passerelle_contracts.events import FollowOutcome
 from passerelle_mastodon_sender.instances import normalize_acct
 from passerelle_mastodon_sender.models import MastodonFollow, MastodonResolved, metadata
@@ -96,7 +96,7 @@ class Ledger:
 
     # --- intake --------------------------------------------------------------------------------
 
-    def accept(self, requests: Sequence[MastodonFollowRequested], now: float) -> Intake:
+    def accept(self, requests: Sequence[FollowRequest], now: float) -> Intake:
         """Record requests (a known follow is not added twice).
 
         A request for a follow that failed before opens it again (the person asks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from passerelle_contracts import Event, MastodonFollowRequested
+from passerelle_contracts import Event, FollowRequest
 from passerelle_contracts.streams import MASTODON_FOLLOWS
 from passerelle_mastodon_sender.api import MastodonApi
 from passerelle_mastodon_sender.clock import Clock, clock_from
@@ -124,7 +124,7 @@ class MastodonSender:
         await self.api.aclose()
         self.db.close()
 
-    async def accept(self, requests: Sequence[MastodonFollowRequested]) -> None:
+    async def accept(self, requests: Sequence[FollowRequest]) -> None:
         """Record follow requests in the ledger and wake the lanes concerned."""
         intake = await self.db.run(self.ledger.accept, requests, self.clock.now())
         if intake.republish:

@@ -95,7 +95,8 @@ class Settings(PlatformSettings):
 
     # --- intake and results -----------------------------------------------------------------
     mastodon_intake_batch: int = Field(default=200, ge=1)
-    """Follow requests taken from NATS and written to the ledger in one transaction."""
+    """Messages taken from NATS together, and follow requests written to the ledger in
+    one transaction at most (a message may carry several; it is never split)."""
     mastodon_flush_interval_seconds: float = Field(default=0.05, gt=0)
     """Outcomes are written and published in groups at most this often (real seconds)."""
     mastodon_result_publish_concurrency: int = Field(default=256, ge=1)

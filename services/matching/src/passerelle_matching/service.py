@@ -4,8 +4,9 @@ Handlers call one method here per message or request. Database work runs in a
 thread (the store is synchronous); follow requests are published after the
 transaction that created them commits, from the outbox (``pending`` rows), so a
 crash between the two only delays them: the next delivery of the message, or
-the periodic drain, publishes what is left, and ``Nats-Msg-Id`` (the follow id)
-makes a second publication a no-op.
+the periodic drain, publishes what is left; ``Nats-Msg-Id`` (derived from the follow
+ids of a message) makes a second publication of a message a no-op, and the senders'
+ledgers keep each follow id once.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from prometheus_client import Counter, Gauge, Histogram
 from passerelle_contracts import (
     NETWORKS,
     ArchiveImported,
-    BlueskyFollowRequested,
+    BlueskyFollowsRequested,
     ConsentChanged,
-    FollowRequested,
+    FollowRequest,
     FollowResult,
+    FollowsRequested,
     IdentityLinked,
     IdentityUnlinked,
-    MastodonFollowRequested,
+    MastodonFollowsRequested,
+    Network,
     UserErased,
 )
 from passerelle_contracts.rpc import (
@@ -138,6 +141,8 @@ class MatchingService:
         self._compactor: asyncio.Task[None] | None = None
         self._counter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
+        self._clearing: set[asyncio.Task[None]] = set()
+        self._in_flight: set[tuple[int, int, int]] = set()
         self._js: Any = None
         self._js_connection: Any = None
         self._tracer = runtime.tracer_provider.get_tracer("passerelle_matching")
@@ -390,8 +395,14 @@ class MatchingService:
             return 0
         if scope is None:
             async with self._drain_lock:
+                await self.cleared()  # what was just published is not read again
                 return await self._flush(None)
         return await self._flush(scope, read)
+
+    async def cleared(self) -> None:
+        """Wait until the outbox flags of everything published so far are cleared."""
+        while self._clearing:
+            await asyncio.gather(*self._clearing, return_exceptions=True)
 
     async def _flush(self, scope: Scope | None, read: Outcome | None = None) -> int:
         published = 0
@@ -402,67 +413,119 @@ class MatchingService:
             if ready is None:
                 ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
                 complete = len(ready) < OUTBOX_BATCH
+            # Rows another flush of this process is publishing, or clearing, are its
+            # own: published twice, they would be in two messages (two Nats-Msg-Ids).
+            ready = [r for r in ready if r.key not in self._in_flight]
             if ready:
                 await self._publish(ready)
                 published += len(ready)
             if complete or not ready:
                 return published
+            await self.cleared()  # before reading the outbox again
             ready = None
 
     async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
-        """Publish follow requests pipelined, and clear their outbox flags as they land.
+        """Publish follow requests several to a message, and clear their outbox flags.
 
-        Each message carries the same ``Nats-Msg-Id`` as ``publish_event`` would
-        give it (``event.dedupe_id()``, i.e. the follow id), so JetStream stores
-        a follow once however often it is published; the W3C trace context is in
-        the headers, as FastStream's middleware would put it. Waiting for each
-        PubAck in turn (``publish_event``) costs a round trip per follow, which a
-        newcomer awaited by thousands cannot afford: the requests go out in
-        windows of ``publish_concurrency`` without waiting, and each window's
-        flags are cleared (one statement) as soon as all its PubAcks are in —
-        while the next windows are being sent, so the database works while
-        JetStream stores. Returns when every PubAck is in and every flag cleared;
-        a missing or failed PubAck raises, and the rows it concerns stay in the
-        outbox, to be published again later.
+        The requests go out ``follows_per_message`` to a ``follow.requested.<network>``
+        message (:class:`FollowsRequested`): a newcomer awaited by thousands would
+        otherwise wait for thousands of PubAcks. Every message is sent at once
+        (nats-py ``publish_async``, its ``Nats-Msg-Id`` derived from the follow ids it
+        carries, so a message published again is stored once; the senders' ledgers
+        keep each follow id once whatever message brings it); the W3C trace context
+        is in the headers, as FastStream's middleware would put it. When the PubAcks
+        are in, the flags of every follow whose message was stored are cleared, in one
+        statement; a missing or failed PubAck then raises, and its follows stay in the
+        outbox, to be published again later. The flags are cleared in the background
+        (:meth:`_clear`): this returns once the requests are stored.
         """
-        js = self._jetstream()
-        window = self.settings.publish_concurrency
-        landed: list[asyncio.Task[None]] = []
-        with self._tracer.start_as_current_span(
-            "publish follow requests", attributes={"messaging.batch.message_count": len(requests)}
-        ):
-            for first in range(0, len(requests), window):
-                chunk = requests[first : first + window]
-                futures = []
-                for request in chunk:
-                    event = self.follow_requested(request)
-                    headers = {"Nats-Msg-Id": event.dedupe_id(), "content-type": "application/json"}
-                    propagate.inject(headers)
-                    futures.append(
-                        await js.publish_async(
-                            event.subject,
-                            event.model_dump_json().encode(),
-                            stream=FOLLOW_REQUESTS.name,
-                            headers=headers,
-                        )
-                    )
-                landed.append(asyncio.create_task(self._landed(chunk, futures)))
-                await asyncio.sleep(0)  # let the client flush, and acks come in meanwhile
-            results = await asyncio.wait_for(
-                asyncio.gather(*landed, return_exceptions=True),
-                PUBLISH_ACK_SECONDS + len(requests) / 1000,
-            )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _landed(self, chunk: Sequence[FollowToRequest], futures: Sequence[Any]) -> None:
-        """Once every PubAck of ``chunk`` is in: clear its outbox flags, count it."""
-        await asyncio.gather(*futures)
-        await asyncio.to_thread(self.store.mark_published, [r.key for r in chunk])
-        per_network = Tally(r.network for r in chunk)
-        for network, count in per_network.items():
+        messages = list(self._messages(requests))
+        self._in_flight.update(r.key for r in requests)
+        try:
+            failures = await self._send([event for _, event in messages])
+        except BaseException:
+            self._in_flight.difference_update(r.key for r in requests)
+            raise
+        stored = [
+            request
+            for (chunk, _), failure in zip(messages, failures, strict=True)
+            if failure is None
+            for request in chunk
+        ]
+        self._in_flight.difference_update(
+            r.key
+            for (chunk, _), failure in zip(messages, failures, strict=True)
+            if failure is not None
+            for r in chunk
+        )
+        self._clear([r.key for r in stored])
+        for network, count in Tally(r.network for r in stored).items():
             self.metrics.requests.labels(network).inc(count)
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    async def _send(self, events: Sequence[FollowsRequested]) -> list[BaseException | None]:
+        """Publish every message at once; each one's failure (``None``: stored)."""
+        js = self._jetstream()
+        with self._tracer.start_as_current_span(
+            "publish follow requests",
+            attributes={
+                "messaging.batch.message_count": len(events),
+                "passerelle.follow_requests": sum(len(e.follows) for e in events),
+            },
+        ):
+            futures = []
+            for event in events:
+                headers = {"Nats-Msg-Id": event.dedupe_id(), "content-type": "application/json"}
+                propagate.inject(headers)
+                futures.append(
+                    await js.publish_async(
+                        event.subject,
+                        event.model_dump_json().encode(),
+                        stream=FOLLOW_REQUESTS.name,
+                        headers=headers,
+                    )
+                )
+            # Wait for every PubAck (up to a deadline), not for the first failure: the
+            # messages that were stored must be cleared from the outbox even if some
+            # other one was not.
+            _, late = await asyncio.wait(futures, timeout=PUBLISH_ACK_SECONDS + len(events) / 100)
+            for future in late:
+                future.cancel()
+            return [TimeoutError("no PubAck") if f in late else f.exception() for f in futures]
+
+    def _clear(self, keys: list[tuple[int, int, int]]) -> None:
+        """Clear these outbox flags in the background: the requests are in the stream
+        already, and whoever waits for them need not wait for the bookkeeping. Until
+        it is done, a flush that would read the outbox again waits (:meth:`cleared`);
+        if it fails, the rows stay pending and are published again (each follow is
+        recorded once by its sender)."""
+        if not keys:
+            return
+        task = asyncio.create_task(asyncio.to_thread(self.store.mark_published, keys))
+        self._clearing.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._clearing.discard(finished)
+            self._in_flight.difference_update(keys)
+            if not finished.cancelled() and finished.exception() is not None:
+                self.log.warning(
+                    "clearing the outbox failed", error=type(finished.exception()).__name__
+                )
+
+        task.add_done_callback(done)
+
+    def _messages(
+        self, requests: Sequence[FollowToRequest]
+    ) -> Iterator[tuple[Sequence[FollowToRequest], FollowsRequested]]:
+        """The messages carrying ``requests``: per network, ``follows_per_message`` each."""
+        size = self.settings.follows_per_message
+        for network in NETWORKS:
+            mine = [r for r in requests if r.network == network]
+            for first in range(0, len(mine), size):
+                chunk = mine[first : first + size]
+                yield chunk, self.follows_requested(network, chunk)
 
     def _jetstream(self) -> Any:
         """One JetStream context per NATS connection (it owns the PubAck inbox)."""
@@ -471,17 +534,24 @@ class MatchingService:
             self._js, self._js_connection = connection.jetstream(), connection
         return self._js
 
-    def follow_requested(self, request: FollowToRequest) -> FollowRequested:
-        """The ``follow.requested.<network>`` message for an outbox row."""
-        cls = BlueskyFollowRequested if request.network == "bluesky" else MastodonFollowRequested
+    def follows_requested(
+        self, network: Network, requests: Sequence[FollowToRequest]
+    ) -> FollowsRequested:
+        """The ``follow.requested.<network>`` message for these outbox rows."""
+        cls = BlueskyFollowsRequested if network == "bluesky" else MastodonFollowsRequested
         return cls(
             region=self.settings.region,
-            follow_id=request.follow_id,
-            person_id=request.person_id,
-            actor=request.actor,
-            target=request.target,
-            target_x_id=request.target_x_id,
-            directions=request.directions,
+            follows=tuple(
+                FollowRequest(
+                    follow_id=r.follow_id,
+                    person_id=r.person_id,
+                    actor=r.actor,
+                    target=r.target,
+                    target_x_id=r.target_x_id,
+                    directions=r.directions,
+                )
+                for r in requests
+            ),
         )
 
     async def start_drainer(self) -> None:
@@ -547,6 +617,7 @@ class MatchingService:
     async def close(self) -> None:
         """Stop the drain and give the database connection back (at shutdown)."""
         await self.stop_drainer()
+        await self.cleared()
         await asyncio.to_thread(self.store.close)
 
     async def _drain_forever(self) -> None:

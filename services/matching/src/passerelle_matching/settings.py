@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from passerelle_contracts import MAX_FOLLOWS_PER_MESSAGE
 from passerelle_platform.settings import PlatformSettings
 
 
@@ -33,6 +34,6 @@ class Settings(PlatformSettings):
     archive_batch: int = Field(default=32, ge=1, le=1024)
     """``archive.imported`` messages fetched together and loaded in one transaction
     (one transaction per archive costs more than loading a small one)."""
-    publish_concurrency: int = Field(default=256, ge=1, le=4096)
-    """Follow requests sent per window while publishing: a window's outbox flags are
-    cleared as soon as its PubAcks are in, while the next windows go out."""
+    follows_per_message: int = Field(default=100, ge=1, le=MAX_FOLLOWS_PER_MESSAGE)
+    """Follow requests carried by one ``follow.requested.<network>`` message (a newcomer
+    awaited by thousands is a few dozen messages, not thousands of PubAcks)."""
