@@ -123,6 +123,37 @@ def test_auto_follow_needs_consent_actor_and_trusted_target(store_factory: objec
     assert trusting.requested() == {("carol", "bluesky", account_of("dave", "bluesky"))}
 
 
+def test_a_link_hands_back_the_requests_it_made_due(trusting_world: World) -> None:
+    """The service publishes what ``link_identity`` returns: every request the link
+    made due, from and towards the newcomer; and it says when older ones wait too."""
+    world = trusting_world
+    world.join("alice", 1, following=[3], auto_follow=True)
+    world.consent("carol", matching=True, auto_follow=True)
+    world.archive("carol", 3, following=[1, 4])
+    world.join("dave", 4)
+    assert world.requested() == set()  # carol has no Bluesky account yet
+    # carol links: alice awaited her, and she now follows alice and dave as herself.
+    outcome = world.link("carol")
+    made_due = {(r.person_id, r.network, r.target) for r in outcome.ready}
+    assert made_due == {
+        ("alice", "bluesky", account_of("carol", "bluesky")),
+        ("carol", "bluesky", account_of("alice", "bluesky")),
+        ("carol", "bluesky", account_of("dave", "bluesky")),
+    }
+    assert outcome.complete
+    assert {r.target_x_id for r in outcome.ready} == {"1", "3", "4"}
+    # Not published (a lost PubAck): the same link again finds them waiting.
+    again = world.link("carol")
+    waiting = {(r.person_id, r.network, r.target) for r in again.ready}
+    if again.complete:
+        assert waiting == made_due
+    else:  # PostgreSQL: nothing new was made due; the waiting ones are read after
+        assert waiting == set()
+        ready = world.store.pending_requests(again.scope, 100)
+        assert {(r.person_id, r.network, r.target) for r in ready} == made_due
+    assert world.requested() == made_due
+
+
 def test_disputed_identities_are_never_auto_followed(trusting_world: World) -> None:
     world = trusting_world
     world.join("bob", 2)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import numpy as np
-from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
+from sqlalchemy import BindParameter, Connection, Engine, Row, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
 from passerelle_contracts import DirectoryAccount, DirectoryEntry, directory_key
@@ -390,6 +390,39 @@ class MatchingStore:
         if import_key is not None:
             c.execute(text(self._upsert(derived)), {**params, "now": self.clock()})
 
+    def _promote_owner(self, c: Connection, person_key: int, network: int | None = None) -> None:
+        """A person who consents to auto-follow can now follow as themself (they linked
+        an account, or gave that consent): their proposed and selected matches towards
+        trusted targets become requests.
+
+        Their own matches are already there, derived when their archive or their
+        targets arrived; linking changes none of them but this, so they are updated in
+        place (an index range of the person's matches) rather than derived again from
+        every edge of their archive.
+        """
+        c.execute(text(self._promotion(network)), self._promotion_params(person_key, network))
+
+    def _promotion(self, network: int | None) -> str:
+        on_network = "" if network is None else " AND matching_match.network = :n"
+        return (
+            f"UPDATE matching_match SET state = {REQUESTED}, pending = true,"
+            " target_account = a.account, updated_at = :now"
+            " FROM matching_person o, matching_account oa, matching_person t,"
+            " matching_account a"
+            f" WHERE matching_match.person_key = :p{on_network}"
+            f" AND matching_match.state IN ({SELECTED},{PROPOSED})"
+            " AND o.person_key = :p AND o.consent_auto_follow"
+            " AND oa.person_key = :p AND oa.network = matching_match.network"
+            " AND oa.account IS NOT NULL"
+            " AND t.person_key = matching_match.target_key AND t.consent_matching"
+            f" AND {self._trusted_sql}"
+            " AND a.person_key = t.person_key AND a.network = matching_match.network"
+            " AND a.account IS NOT NULL"
+        )
+
+    def _promotion_params(self, person_key: int, network: int | None) -> dict[str, Any]:
+        return {"p": person_key, "n": network, "now": self.clock()}
+
     def _refresh_target(
         self,
         c: Connection,
@@ -413,6 +446,43 @@ class MatchingStore:
             params["n"] = network
         derived = self._derived(self.edges.pointing_at(), where)
         c.execute(text(self._upsert(derived)), params)
+
+    def _refresh_target_ready(
+        self, c: Connection, person_key: int, x_id: int | None, *, consenting: bool, network: int
+    ) -> list[Row[Any]]:
+        """:meth:`_refresh_target` on one network, returning the requests it made due
+        (PostgreSQL: the rows the upsert returns, not a second read of the outbox)."""
+        if x_id is None or not consenting:
+            return []
+        derived = self._derived(self.edges.pointing_at(), "t.person_key = :t AND a.network = :n")
+        params = {"x_id": x_id, "t": person_key, "n": network, "now": self.clock()}
+        return self._made_due(c, self._upsert(derived), params)
+
+    _MADE_DUE = (
+        " RETURNING matching_match.person_key, matching_match.network,"
+        " matching_match.target_key, matching_match.target_account,"
+        " matching_match.directions, matching_match.pending"
+    )
+
+    def _made_due(self, c: Connection, statement: str, params: dict[str, Any]) -> list[Row[Any]]:
+        """Run an upsert or update of matches; the rows it left pending, with what
+        their follow requests need (the columns :meth:`_pending` reads)."""
+        return list(
+            c.execute(
+                text(
+                    f"WITH changed AS ({statement}{self._MADE_DUE})"
+                    " SELECT m.person_key, m.network, m.target_key, p.person_id,"
+                    " oa.account AS actor, m.target_account, t.x_id, m.directions"
+                    " FROM changed m"
+                    " JOIN matching_person p ON p.person_key = m.person_key"
+                    " JOIN matching_person t ON t.person_key = m.target_key"
+                    " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
+                    "  AND oa.network = m.network AND oa.account IS NOT NULL"
+                    " WHERE m.pending"
+                ),
+                params,
+            )
+        )
 
     def _drop_towards(self, c: Connection, person_key: int, network: int | None = None) -> None:
         """Remove the unacted matches others have towards this person (on one network)."""
@@ -621,12 +691,27 @@ class MatchingStore:
             )
             # Everyone waiting for this person on this network; and this person's own
             # matches there, which may now be followed (they have an actor).
-            self._refresh_target(
-                c, key, person["x_id"], consenting=bool(person["consent_matching"]), network=n
-            )
-            self._refresh_owner(c, key, person["import_key"], network=n)
             outcome = Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
-            return self._with_pending(c, outcome, pending_limit)
+            consenting = bool(person["consent_matching"])
+            if self.dialect != "postgresql":
+                self._refresh_target(c, key, person["x_id"], consenting=consenting, network=n)
+                self._promote_owner(c, key, network=n)
+                return self._with_pending(c, outcome, pending_limit)
+            # The requests this link makes due come back from the statements that make
+            # them (a newcomer awaited by thousands is not read back from the outbox);
+            # requests of theirs already waiting are read after, as for other events.
+            waiting = self._has_pending(c, key)
+            rows = self._refresh_target_ready(
+                c, key, person["x_id"], consenting=consenting, network=n
+            )
+            rows += self._made_due(c, self._promotion(n), self._promotion_params(key, n))
+            ready, orphans = _follows_to_request(rows)
+            return Outcome(
+                applied=True,
+                scope=outcome.scope,
+                ready=tuple(ready),
+                complete=not (waiting or orphans),
+            )
 
     def unlink_identity(
         self, person_id: str, network: Network, account: str, sent_at: float
@@ -707,7 +792,7 @@ class MatchingStore:
                 self._refresh_target(c, key, person["x_id"], consenting=True)
                 scope.targets.add(key)
             if auto_follow and not bool(person["consent_auto_follow"]):
-                self._refresh_owner(c, key, person["import_key"])
+                self._promote_owner(c, key)
                 scope.owners.add(key)
             return Outcome(applied=True, scope=scope)
 
@@ -881,27 +966,20 @@ class MatchingStore:
             " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
             "  AND oa.network = m.network AND oa.account IS NOT NULL"
         ).bindparams(*expanding)
-        rows = c.execute(statement, params).all()
-        ready: list[FollowToRequest] = []
-        orphans: list[dict[str, int]] = []
-        for r in rows:
-            key = {"p": int(r.person_key), "n": int(r.network), "t": int(r.target_key)}
-            if r.actor is None or r.target_account is None or r.x_id is None:
-                orphans.append(key)
-                continue
-            ready.append(
-                FollowToRequest(
-                    person_key=key["p"],
-                    network_code=key["n"],
-                    target_key=key["t"],
-                    person_id=str(r.person_id),
-                    actor=str(r.actor),
-                    target=str(r.target_account),
-                    target_x_id=from_db(int(r.x_id)),
-                    directions=directions_of(int(r.directions)),
-                )
-            )
-        return ready, orphans
+        return _follows_to_request(c.execute(statement, params).all())
+
+    def _has_pending(self, c: Connection, person_key: int) -> bool:
+        """Whether requests from or towards this person wait in the outbox."""
+        return bool(
+            c.execute(
+                text(
+                    f"SELECT EXISTS (SELECT 1 FROM matching_match WHERE {PENDING}"
+                    " AND person_key = :p) OR EXISTS (SELECT 1 FROM matching_match"
+                    f" WHERE {PENDING} AND target_key = :p)"
+                ),
+                {"p": person_key},
+            ).scalar_one()
+        )
 
     def _drop_orphans(self, c: Connection, orphans: list[dict[str, int]]) -> None:
         c.execute(
@@ -1367,3 +1445,30 @@ def _without_self(batches: Iterable[EdgeBatch], own: int | None) -> Iterator[Edg
             yield direction, ids[ids != own_unsigned]
         else:
             yield direction, ids
+
+
+def _follows_to_request(
+    rows: Sequence[Row[Any]],
+) -> tuple[list[FollowToRequest], list[dict[str, int]]]:
+    """Outbox rows as follow requests; the keys of those that lost their actor,
+    target account or X id (orphans, to fall back to the selection)."""
+    ready: list[FollowToRequest] = []
+    orphans: list[dict[str, int]] = []
+    for r in rows:
+        key = {"p": int(r.person_key), "n": int(r.network), "t": int(r.target_key)}
+        if r.actor is None or r.target_account is None or r.x_id is None:
+            orphans.append(key)
+            continue
+        ready.append(
+            FollowToRequest(
+                person_key=key["p"],
+                network_code=key["n"],
+                target_key=key["t"],
+                person_id=str(r.person_id),
+                actor=str(r.actor),
+                target=str(r.target_account),
+                target_x_id=from_db(int(r.x_id)),
+                directions=directions_of(int(r.directions)),
+            )
+        )
+    return ready, orphans
