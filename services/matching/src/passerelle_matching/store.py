@@ -660,7 +660,9 @@ class MatchingStore:
     ) -> Outcome:
         """A person proved an account on a network: they become findable there.
 
-        The outcome carries the follow requests to publish (up to ``pending_limit``)."""
+        The outcome carries the follow requests to publish: on PostgreSQL every one
+        the link made due (``complete`` unless others of the person's were waiting
+        already); on SQLite those of the outbox, up to ``pending_limit``."""
         n = NETWORK_CODES[network]
         with self._write() as c:
             person = self._ensure_person(c, person_id, region)
