@@ -447,16 +447,56 @@ class MatchingStore:
         derived = self._derived(self.edges.pointing_at(), where)
         c.execute(text(self._upsert(derived)), params)
 
-    def _refresh_target_ready(
-        self, c: Connection, person_key: int, x_id: int | None, *, consenting: bool, network: int
+    def _refresh_newcomer(
+        self, c: Connection, person: dict[str, Any], network: int, account: str
     ) -> list[Row[Any]]:
-        """:meth:`_refresh_target` on one network, returning the requests it made due
-        (PostgreSQL: the rows the upsert returns, not a second read of the outbox)."""
-        if x_id is None or not consenting:
+        """:meth:`_refresh_target` for a person who just linked ``account`` on one
+        network, returning the requests it made due (PostgreSQL).
+
+        Their own row, trust and account are known: only the people whose edges
+        point at them are looked up, and what their requests need (their person id,
+        their own account there) comes back with the rows the upsert returns, not
+        from a second read of the outbox.
+        """
+        x_id = person["x_id"]
+        if x_id is None or not bool(person["consent_matching"]):
             return []
-        derived = self._derived(self.edges.pointing_at(), "t.person_key = :t AND a.network = :n")
-        params = {"x_id": x_id, "t": person_key, "n": network, "now": self.clock()}
-        return self._made_due(c, self._upsert(derived), params)
+        level = cast("TrustLevel", person["trust"])
+        followable = trusted(level, trust_archive_claims=self.trust_archive_claims)
+        auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {followable})"
+        towards = (
+            "SELECT o.person_key, CAST(:n AS smallint) AS network,"
+            " CAST(:t AS integer) AS target_key,"
+            f" MAX(CASE WHEN e.direction = {FOLLOWING} THEN {FOLLOWING} ELSE 0 END)"
+            f" + MAX(CASE WHEN e.direction = {FOLLOWER} THEN {FOLLOWER} ELSE 0 END) AS directions,"
+            f" MAX(CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END) AS state,"
+            f" MAX(CASE WHEN {auto} THEN CAST(:account AS varchar) END) AS target_account,"
+            " MAX(o.person_id) AS person_id, MAX(oa.account) AS actor"
+            f" FROM {self.edges.pointing_at()} e"
+            " JOIN matching_person o ON o.import_key = e.import_key"
+            " LEFT JOIN matching_account oa ON oa.person_key = o.person_key"
+            "  AND oa.network = :n AND oa.account IS NOT NULL"
+            " WHERE o.person_key <> :t GROUP BY o.person_key"
+        )
+        return list(
+            c.execute(
+                text(
+                    f"WITH towards AS MATERIALIZED ({towards}),"
+                    f" changed AS ({self._upsert('SELECT * FROM towards')}{self._MADE_DUE})"
+                    " SELECT m.person_key, m.network, m.target_key, d.person_id, d.actor,"
+                    " m.target_account, CAST(:x_id AS bigint) AS x_id, m.directions"
+                    " FROM changed m JOIN towards d ON d.person_key = m.person_key"
+                    " WHERE m.pending"
+                ),
+                {
+                    "x_id": x_id,
+                    "t": int(person["person_key"]),
+                    "n": network,
+                    "account": account,
+                    "now": self.clock(),
+                },
+            )
+        )
 
     _MADE_DUE = (
         " RETURNING matching_match.person_key, matching_match.network,"
@@ -464,23 +504,20 @@ class MatchingStore:
         " matching_match.directions, matching_match.pending"
     )
 
-    def _made_due(self, c: Connection, statement: str, params: dict[str, Any]) -> list[Row[Any]]:
-        """Run an upsert or update of matches; the rows it left pending, with what
-        their follow requests need (the columns :meth:`_pending` reads)."""
+    def _promote_owner_returning(
+        self, c: Connection, person_key: int, network: int
+    ) -> list[Row[Any]]:
+        """:meth:`_promote_owner` on one network, returning the requests it made due
+        with what they need (the columns :meth:`_pending` reads; PostgreSQL)."""
         return list(
             c.execute(
                 text(
-                    f"WITH changed AS ({statement}{self._MADE_DUE})"
-                    " SELECT m.person_key, m.network, m.target_key, p.person_id,"
-                    " oa.account AS actor, m.target_account, t.x_id, m.directions"
-                    " FROM changed m"
-                    " JOIN matching_person p ON p.person_key = m.person_key"
-                    " JOIN matching_person t ON t.person_key = m.target_key"
-                    " LEFT JOIN matching_account oa ON oa.person_key = m.person_key"
-                    "  AND oa.network = m.network AND oa.account IS NOT NULL"
-                    " WHERE m.pending"
+                    self._promotion(network)
+                    + " RETURNING matching_match.person_key, matching_match.network,"
+                    " matching_match.target_key, o.person_id, oa.account AS actor,"
+                    " matching_match.target_account, t.x_id, matching_match.directions"
                 ),
-                params,
+                self._promotion_params(person_key, network),
             )
         )
 
@@ -694,8 +731,8 @@ class MatchingStore:
             # Everyone waiting for this person on this network; and this person's own
             # matches there, which may now be followed (they have an actor).
             outcome = Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
-            consenting = bool(person["consent_matching"])
             if self.dialect != "postgresql":
+                consenting = bool(person["consent_matching"])
                 self._refresh_target(c, key, person["x_id"], consenting=consenting, network=n)
                 self._promote_owner(c, key, network=n)
                 return self._with_pending(c, outcome, pending_limit)
@@ -703,10 +740,8 @@ class MatchingStore:
             # them (a newcomer awaited by thousands is not read back from the outbox);
             # requests of theirs already waiting are read after, as for other events.
             waiting = self._has_pending(c, key)
-            rows = self._refresh_target_ready(
-                c, key, person["x_id"], consenting=consenting, network=n
-            )
-            rows += self._made_due(c, self._promotion(n), self._promotion_params(key, n))
+            rows = self._refresh_newcomer(c, person, n, account)
+            rows += self._promote_owner_returning(c, key, n)
             ready, orphans = _follows_to_request(rows)
             return Outcome(
                 applied=True,
