@@ -29,7 +29,6 @@ from passerelle_contracts import (
     ArchiveImported,
     BlueskyFollowsRequested,
     ConsentChanged,
-    FollowRequest,
     FollowResult,
     FollowsRequested,
     IdentityLinked,
@@ -539,19 +538,23 @@ class MatchingService:
     ) -> FollowsRequested:
         """The ``follow.requested.<network>`` message for these outbox rows."""
         cls = BlueskyFollowsRequested if network == "bluesky" else MastodonFollowsRequested
-        return cls(
-            region=self.settings.region,
-            follows=tuple(
-                FollowRequest(
-                    follow_id=r.follow_id,
-                    person_id=r.person_id,
-                    actor=r.actor,
-                    target=r.target,
-                    target_x_id=r.target_x_id,
-                    directions=r.directions,
-                )
-                for r in requests
-            ),
+        # Validated as one document (pydantic-core walks the list): half the cost of
+        # building each FollowRequest in Python, for thousands of them per newcomer.
+        return cls.model_validate(
+            {
+                "region": self.settings.region,
+                "follows": [
+                    {
+                        "follow_id": r.follow_id,
+                        "person_id": r.person_id,
+                        "actor": r.actor,
+                        "target": r.target,
+                        "target_x_id": r.target_x_id,
+                        "directions": r.directions,
+                    }
+                    for r in requests
+                ],
+            }
         )
 
     async def start_drainer(self) -> None:
