@@ -22,7 +22,7 @@ import pytest
 from nats.js.api import DiscardPolicy
 from sqlalchemy import text
 
-from passerelle_contracts import Network
+from passerelle_contracts import IdentityLinked, Network
 from passerelle_contracts.streams import FOLLOW_REQUESTS
 from passerelle_matching.edges import EdgeBatch
 from passerelle_matching.service import MatchingService
@@ -161,6 +161,60 @@ async def test_a_message_whose_puback_fails_stays_in_the_outbox_and_lands_once_l
         assert [len(m) for m in await ingest.follow_messages()] == [2, 2, 2]
         await matching.cleared()
         assert await asyncio.to_thread(matching.store.pending_requests, scope) == []
+        published = await ingest.follow_requests()
+        assert sorted(m["target"] for m in published) == sorted(
+            account_of(t, "bluesky") for t in targets
+        )
+
+
+async def test_a_link_whose_requests_were_refused_publishes_them_when_redelivered(
+    nats_server: NatsServer,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """alice links Bluesky and six requests are due; JetStream refuses the third
+    message, so the handler fails (its message would be redelivered). The same
+    ``identity.linked`` again makes nothing new due, yet publishes the two that
+    waited: every follow is stored once."""
+    monkeypatch.setattr("passerelle_matching.service.PUBLISH_ACK_SECONDS", 1.0)
+    async with (
+        running_matching(
+            nats_server.url,
+            database_url,
+            tmp_path,
+            trust_archive_claims=True,
+            follows_per_message=2,
+            outbox_interval_seconds=3600,
+        ) as matching,
+        edge(nats_server.url) as ingest,
+    ):
+        world = World(matching.store)
+        targets = [f"t{i}" for i in range(6)]
+        for i, target in enumerate(targets):
+            world.join(target, 10 + i)
+        world.consent("alice", matching=True, auto_follow=True)
+        world.archive("alice", 1, following=[10 + i for i in range(6)])
+        account = account_of("alice", "bluesky")
+        link = IdentityLinked(
+            region="local", person_id="alice", network="bluesky", account=account, handle=account
+        )
+
+        limited = dataclasses.replace(
+            stream_config(FOLLOW_REQUESTS), max_msgs=2, discard=DiscardPolicy.NEW
+        )
+        await ingest.js.update_stream(limited)
+        with pytest.raises((TimeoutError, nats.js.errors.Error)):
+            await matching.on_identity_linked(link)
+        await matching.cleared()
+        scope = Scope(owners={person_key(matching.store, "alice")})
+        assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 2
+
+        await ingest.js.update_stream(stream_config(FOLLOW_REQUESTS))
+        await matching.on_identity_linked(link)  # the redelivery
+        await matching.cleared()
+        assert await asyncio.to_thread(matching.store.pending_requests, scope) == []
+        assert [len(m) for m in await ingest.follow_messages()] == [2, 2, 2]
         published = await ingest.follow_requests()
         assert sorted(m["target"] for m in published) == sorted(
             account_of(t, "bluesky") for t in targets

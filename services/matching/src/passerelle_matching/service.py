@@ -406,8 +406,11 @@ class MatchingService:
     async def _flush(self, scope: Scope | None, read: Outcome | None = None) -> int:
         published = 0
         # Read in the event's transaction: no need to read again if it held them all.
+        # The event's own read may be empty yet incomplete (on PostgreSQL a link returns
+        # only what it made due; requests that waited before are read here).
         ready = list(read.ready) if read is not None else None
         complete = read is not None and read.complete
+        from_event = read is not None
         while True:
             if ready is None:
                 ready = await asyncio.to_thread(self.store.pending_requests, scope, OUTBOX_BATCH)
@@ -418,10 +421,10 @@ class MatchingService:
             if ready:
                 await self._publish(ready)
                 published += len(ready)
-            if complete or not ready:
+            if complete or not (ready or from_event):
                 return published
             await self.cleared()  # before reading the outbox again
-            ready = None
+            ready, from_event = None, False
 
     async def _publish(self, requests: Sequence[FollowToRequest]) -> None:
         """Publish follow requests several to a message, and clear their outbox flags.
