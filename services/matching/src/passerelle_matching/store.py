@@ -315,18 +315,12 @@ class MatchingStore:
     def _derived(self, edges: str, where: str) -> str:
         """The matches the edges in ``edges`` justify, filtered by ``where``.
 
-        Columns: person_key, network, target_key, directions (mask), state (the
-        state a new match starts in), target_account (set when requested). Plain
-        ``MAX`` aggregates (no ``DISTINCT``) let the database hash the groups.
+        Columns: person_key, network, target_key, then :func:`_match_columns`.
         """
-        auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {self._trusted_sql})"
         return (
             "SELECT o.person_key AS person_key, a.network AS network,"
             " t.person_key AS target_key,"
-            f" MAX(CASE WHEN e.direction = {FOLLOWING} THEN {FOLLOWING} ELSE 0 END)"
-            f" + MAX(CASE WHEN e.direction = {FOLLOWER} THEN {FOLLOWER} ELSE 0 END) AS directions,"
-            f" MAX(CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END) AS state,"
-            f" MAX(CASE WHEN {auto} THEN a.account END) AS target_account"
+            f" {_match_columns(self._trusted_sql, 'a.account')}"
             f" FROM {edges} e"
             " JOIN matching_person o ON o.import_key = e.import_key"
             " JOIN matching_person t ON t.x_id = e.x_id"
@@ -390,7 +384,9 @@ class MatchingStore:
         if import_key is not None:
             c.execute(text(self._upsert(derived)), {**params, "now": self.clock()})
 
-    def _promote_owner(self, c: Connection, person_key: int, network: int | None = None) -> None:
+    def _promote_owner(
+        self, c: Connection, person_key: int, network: int | None = None, *, returning: bool = False
+    ) -> list[Row[Any]]:
         """A person who consents to auto-follow can now follow as themself (they linked
         an account, or gave that consent): their proposed and selected matches towards
         trusted targets become requests.
@@ -398,13 +394,11 @@ class MatchingStore:
         Their own matches are already there, derived when their archive or their
         targets arrived; linking changes none of them but this, so they are updated in
         place (an index range of the person's matches) rather than derived again from
-        every edge of their archive.
+        every edge of their archive. With ``returning`` (PostgreSQL), the requests made
+        due come back with what they need (the columns :meth:`_pending` reads).
         """
-        c.execute(text(self._promotion(network)), self._promotion_params(person_key, network))
-
-    def _promotion(self, network: int | None) -> str:
         on_network = "" if network is None else " AND matching_match.network = :n"
-        return (
+        statement = (
             f"UPDATE matching_match SET state = {REQUESTED}, pending = true,"
             " target_account = a.account, updated_at = :now"
             " FROM matching_person o, matching_account oa, matching_person t,"
@@ -419,9 +413,14 @@ class MatchingStore:
             " AND a.person_key = t.person_key AND a.network = matching_match.network"
             " AND a.account IS NOT NULL"
         )
-
-    def _promotion_params(self, person_key: int, network: int | None) -> dict[str, Any]:
-        return {"p": person_key, "n": network, "now": self.clock()}
+        if returning:
+            statement += (
+                " RETURNING matching_match.person_key, matching_match.network,"
+                " matching_match.target_key, o.person_id, oa.account AS actor,"
+                " matching_match.target_account, t.x_id, matching_match.directions"
+            )
+        result = c.execute(text(statement), {"p": person_key, "n": network, "now": self.clock()})
+        return list(result) if returning else []
 
     def _refresh_target(
         self,
@@ -463,14 +462,10 @@ class MatchingStore:
             return []
         level = cast("TrustLevel", person["trust"])
         followable = trusted(level, trust_archive_claims=self.trust_archive_claims)
-        auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {followable})"
         towards = (
             "SELECT o.person_key, CAST(:n AS smallint) AS network,"
             " CAST(:t AS integer) AS target_key,"
-            f" MAX(CASE WHEN e.direction = {FOLLOWING} THEN {FOLLOWING} ELSE 0 END)"
-            f" + MAX(CASE WHEN e.direction = {FOLLOWER} THEN {FOLLOWER} ELSE 0 END) AS directions,"
-            f" MAX(CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END) AS state,"
-            f" MAX(CASE WHEN {auto} THEN CAST(:account AS varchar) END) AS target_account,"
+            f" {_match_columns(str(followable), 'CAST(:account AS varchar)')},"
             " MAX(o.person_id) AS person_id, MAX(oa.account) AS actor"
             f" FROM {self.edges.pointing_at()} e"
             " JOIN matching_person o ON o.import_key = e.import_key"
@@ -482,7 +477,10 @@ class MatchingStore:
             c.execute(
                 text(
                     f"WITH towards AS MATERIALIZED ({towards}),"
-                    f" changed AS ({self._upsert('SELECT * FROM towards')}{self._MADE_DUE})"
+                    f" changed AS ({self._upsert('SELECT * FROM towards')}"
+                    " RETURNING matching_match.person_key, matching_match.network,"
+                    " matching_match.target_key, matching_match.target_account,"
+                    " matching_match.directions, matching_match.pending)"
                     " SELECT m.person_key, m.network, m.target_key, d.person_id, d.actor,"
                     " m.target_account, CAST(:x_id AS bigint) AS x_id, m.directions"
                     " FROM changed m JOIN towards d ON d.person_key = m.person_key"
@@ -495,29 +493,6 @@ class MatchingStore:
                     "account": account,
                     "now": self.clock(),
                 },
-            )
-        )
-
-    _MADE_DUE = (
-        " RETURNING matching_match.person_key, matching_match.network,"
-        " matching_match.target_key, matching_match.target_account,"
-        " matching_match.directions, matching_match.pending"
-    )
-
-    def _promote_owner_returning(
-        self, c: Connection, person_key: int, network: int
-    ) -> list[Row[Any]]:
-        """:meth:`_promote_owner` on one network, returning the requests it made due
-        with what they need (the columns :meth:`_pending` reads; PostgreSQL)."""
-        return list(
-            c.execute(
-                text(
-                    self._promotion(network)
-                    + " RETURNING matching_match.person_key, matching_match.network,"
-                    " matching_match.target_key, o.person_id, oa.account AS actor,"
-                    " matching_match.target_account, t.x_id, matching_match.directions"
-                ),
-                self._promotion_params(person_key, network),
             )
         )
 
@@ -730,24 +705,21 @@ class MatchingStore:
             )
             # Everyone waiting for this person on this network; and this person's own
             # matches there, which may now be followed (they have an actor).
-            outcome = Outcome(applied=True, scope=Scope(owners={key}, targets={key}))
+            scope = Scope(owners={key}, targets={key})
             if self.dialect != "postgresql":
                 consenting = bool(person["consent_matching"])
                 self._refresh_target(c, key, person["x_id"], consenting=consenting, network=n)
                 self._promote_owner(c, key, network=n)
-                return self._with_pending(c, outcome, pending_limit)
+                return self._with_pending(c, Outcome(applied=True, scope=scope), pending_limit)
             # The requests this link makes due come back from the statements that make
             # them (a newcomer awaited by thousands is not read back from the outbox);
             # requests of theirs already waiting are read after, as for other events.
             waiting = self._has_pending(c, key)
             rows = self._refresh_newcomer(c, person, n, account)
-            rows += self._promote_owner_returning(c, key, n)
+            rows += self._promote_owner(c, key, network=n, returning=True)
             ready, orphans = _follows_to_request(rows)
             return Outcome(
-                applied=True,
-                scope=outcome.scope,
-                ready=tuple(ready),
-                complete=not (waiting or orphans),
+                applied=True, scope=scope, ready=tuple(ready), complete=not (waiting or orphans)
             )
 
     def unlink_identity(
@@ -1482,6 +1454,20 @@ def _without_self(batches: Iterable[EdgeBatch], own: int | None) -> Iterator[Edg
             yield direction, ids[ids != own_unsigned]
         else:
             yield direction, ids
+
+
+def _match_columns(trusted_target: str, target_account: str) -> str:
+    """The aggregated columns of a derived match: directions (mask), the state a new
+    match starts in, and the target account when that state is ``requested``
+    (auto-follow: the owner consents and has an actor there, the target is trusted).
+    Plain ``MAX`` aggregates (no ``DISTINCT``) let the database hash the groups."""
+    auto = f"(o.consent_auto_follow AND oa.account IS NOT NULL AND {trusted_target})"
+    return (
+        f"MAX(CASE WHEN e.direction = {FOLLOWING} THEN {FOLLOWING} ELSE 0 END)"
+        f" + MAX(CASE WHEN e.direction = {FOLLOWER} THEN {FOLLOWER} ELSE 0 END) AS directions,"
+        f" MAX(CASE WHEN {auto} THEN {REQUESTED} ELSE {PROPOSED} END) AS state,"
+        f" MAX(CASE WHEN {auto} THEN {target_account} END) AS target_account"
+    )
 
 
 def _follows_to_request(
