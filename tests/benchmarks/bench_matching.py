@@ -21,6 +21,9 @@ follow requests are emitted). On a PostgreSQL started here, in one run:
 3. **COPY floor**: a plain ``COPY`` of the same edges, one row per edge, into an
    unindexed table, from CSV (as the issue measured) and from binary;
 4. **full match**: ``MatchingStore.match_all`` (every match, in one statement);
+   then, so that the newcomers meet a server as it runs rather than one that has
+   just rebuilt everything, a ``CHECKPOINT`` and the match table's indexes read
+   into the buffer cache (:func:`match_phase`, :func:`warm_match_indexes`);
 5. **newcomers**: the matching service itself (its runtime, a real nats-server)
    handles each newcomer's ``identity.linked`` one by one: everyone waiting for
    them is matched and the follow requests are published to JetStream; the
