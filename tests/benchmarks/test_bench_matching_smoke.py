@@ -28,7 +28,7 @@ def test_bench_matching_smoke(tmp_path: Path) -> None:
             "-m",
             "tests.benchmarks.bench_matching",
             "--edges",
-            "20000",
+            "200000",
             "--work-dir",
             str(tmp_path),
         ],
@@ -43,7 +43,7 @@ def test_bench_matching_smoke(tmp_path: Path) -> None:
     for key in KEYS:
         assert key in result, key
     assert result["bench"] == "matching"
-    assert 15_000 <= result["edges"] <= 20_000
+    assert 150_000 <= result["edges"] <= 200_000
     assert result["matches"] > 0
     assert result["newcomer_requests_published"] > 0
     assert "targets (load average" in done.stdout
