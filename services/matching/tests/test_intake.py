@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from passerelle_matching.edges import EdgeBatch
 from passerelle_matching.service import MatchingService
 from passerelle_matching.store import Archive, MatchingStore, Outcome, Scope
 from passerelle_platform.broker import stream_config
-from services.matching.tests.nats_support import edge, running_matching
+from services.matching.tests.nats_support import Edge, edge, running_matching
 from services.matching.tests.test_nats import AUTO, GRAPH, LINKS, expected, seen
 from services.matching.tests.world import World, account_of
 from tests.support.nats import NatsServer
@@ -128,43 +129,28 @@ async def test_a_message_whose_puback_fails_stays_in_the_outbox_and_lands_once_l
     future, so a refused message surfaces as the PubAck wait timing out.)"""
     monkeypatch.setattr("passerelle_matching.service.PUBLISH_ACK_SECONDS", 1.0)
     async with (
-        running_matching(
-            nats_server.url,
-            database_url,
-            tmp_path,
-            trust_archive_claims=True,
-            follows_per_message=2,
-            outbox_interval_seconds=3600,
-        ) as matching,
+        two_follows_a_message(nats_server.url, database_url, tmp_path) as matching,
         edge(nats_server.url) as ingest,
     ):
         world = World(matching.store)
-        targets = [f"t{i}" for i in range(6)]
-        for i, target in enumerate(targets):
-            world.join(target, 10 + i)
+        targets = six_targets(world)
         world.join("alice", 1, following=[10 + i for i in range(6)], auto_follow=True)
         scope = Scope(owners={person_key(matching.store, "alice")})
         assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 6
 
-        limited = dataclasses.replace(
-            stream_config(FOLLOW_REQUESTS), max_msgs=2, discard=DiscardPolicy.NEW
-        )
-        await ingest.js.update_stream(limited)
+        await refuse_a_third_message(ingest)
         with pytest.raises((TimeoutError, nats.js.errors.Error)):
             await matching.flush(scope)
         await matching.cleared()
         assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 2
         assert [len(m) for m in await ingest.follow_messages()] == [2, 2]
 
-        await ingest.js.update_stream(stream_config(FOLLOW_REQUESTS))
+        await accept_every_message(ingest)
         assert await matching.flush(scope) == 2
         assert [len(m) for m in await ingest.follow_messages()] == [2, 2, 2]
         await matching.cleared()
         assert await asyncio.to_thread(matching.store.pending_requests, scope) == []
-        published = await ingest.follow_requests()
-        assert sorted(m["target"] for m in published) == sorted(
-            account_of(t, "bluesky") for t in targets
-        )
+        assert_followed_once_each(await ingest.follow_requests(), targets)
 
 
 async def test_a_link_whose_requests_were_refused_publishes_them_when_redelivered(
@@ -179,20 +165,11 @@ async def test_a_link_whose_requests_were_refused_publishes_them_when_redelivere
     waited: every follow is stored once."""
     monkeypatch.setattr("passerelle_matching.service.PUBLISH_ACK_SECONDS", 1.0)
     async with (
-        running_matching(
-            nats_server.url,
-            database_url,
-            tmp_path,
-            trust_archive_claims=True,
-            follows_per_message=2,
-            outbox_interval_seconds=3600,
-        ) as matching,
+        two_follows_a_message(nats_server.url, database_url, tmp_path) as matching,
         edge(nats_server.url) as ingest,
     ):
         world = World(matching.store)
-        targets = [f"t{i}" for i in range(6)]
-        for i, target in enumerate(targets):
-            world.join(target, 10 + i)
+        targets = six_targets(world)
         world.consent("alice", matching=True, auto_follow=True)
         world.archive("alice", 1, following=[10 + i for i in range(6)])
         account = account_of("alice", "bluesky")
@@ -200,25 +177,59 @@ async def test_a_link_whose_requests_were_refused_publishes_them_when_redelivere
             region="local", person_id="alice", network="bluesky", account=account, handle=account
         )
 
-        limited = dataclasses.replace(
-            stream_config(FOLLOW_REQUESTS), max_msgs=2, discard=DiscardPolicy.NEW
-        )
-        await ingest.js.update_stream(limited)
+        await refuse_a_third_message(ingest)
         with pytest.raises((TimeoutError, nats.js.errors.Error)):
             await matching.on_identity_linked(link)
         await matching.cleared()
         scope = Scope(owners={person_key(matching.store, "alice")})
         assert len(await asyncio.to_thread(matching.store.pending_requests, scope)) == 2
 
-        await ingest.js.update_stream(stream_config(FOLLOW_REQUESTS))
+        await accept_every_message(ingest)
         await matching.on_identity_linked(link)  # the redelivery
         await matching.cleared()
         assert await asyncio.to_thread(matching.store.pending_requests, scope) == []
         assert [len(m) for m in await ingest.follow_messages()] == [2, 2, 2]
-        published = await ingest.follow_requests()
-        assert sorted(m["target"] for m in published) == sorted(
-            account_of(t, "bluesky") for t in targets
-        )
+        assert_followed_once_each(await ingest.follow_requests(), targets)
+
+
+def two_follows_a_message(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> AbstractAsyncContextManager[MatchingService]:
+    """Matching publishing two follows a message, with no periodic drain."""
+    return running_matching(
+        nats_url,
+        database_url,
+        tmp_path,
+        trust_archive_claims=True,
+        follows_per_message=2,
+        outbox_interval_seconds=3600,
+    )
+
+
+def six_targets(world: World) -> list[str]:
+    """Six people already here (X ids 10 to 15), for alice to follow."""
+    targets = [f"t{i}" for i in range(6)]
+    for i, target in enumerate(targets):
+        world.join(target, 10 + i)
+    return targets
+
+
+async def refuse_a_third_message(ingest: Edge) -> None:
+    """The follow-request stream keeps two messages and refuses any more."""
+    limited = dataclasses.replace(
+        stream_config(FOLLOW_REQUESTS), max_msgs=2, discard=DiscardPolicy.NEW
+    )
+    await ingest.js.update_stream(limited)
+
+
+async def accept_every_message(ingest: Edge) -> None:
+    await ingest.js.update_stream(stream_config(FOLLOW_REQUESTS))
+
+
+def assert_followed_once_each(published: list[dict[str, Any]], targets: list[str]) -> None:
+    assert sorted(m["target"] for m in published) == sorted(
+        account_of(t, "bluesky") for t in targets
+    )
 
 
 def person_key(store: MatchingStore, person_id: str) -> int:

@@ -148,16 +148,17 @@ class ListedMatch:
     reason: str | None
 
 
-def _directions(mask: int) -> tuple[Direction, ...]:
-    return tuple(d for d, bit in DIRECTION_BITS.items() if mask & bit)
-
-
-_DIRECTIONS_OF_MASK = {mask: _directions(mask) for mask in range(4)}
+_ALL_DIRECTIONS = sum(DIRECTION_BITS.values())
+#: Every mask's directions, computed once: thousands are read per newcomer.
+_DIRECTIONS_OF_MASK = {
+    mask: tuple(d for d, bit in DIRECTION_BITS.items() if mask & bit)
+    for mask in range(_ALL_DIRECTIONS + 1)
+}
 
 
 def directions_of(mask: int) -> tuple[Direction, ...]:
-    """``3`` → ``("following", "follower")``."""
-    return _DIRECTIONS_OF_MASK.get(mask) or _directions(mask)
+    """``3`` → ``("following", "follower")`` (bits other than the directions' ignored)."""
+    return _DIRECTIONS_OF_MASK[mask & _ALL_DIRECTIONS]
 
 
 def tombstone_digest(person_id: str) -> str:
